@@ -1,0 +1,1 @@
+"""Function manifests and (later) bundles, the Redis key schema and mesh membership."""

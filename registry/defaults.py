@@ -1,0 +1,31 @@
+"""Defaults for every per-function setting of ``functions.yaml`` (units in the names)."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+TIMEOUT_S = 10.0
+MAX_TIMEOUT_S = 900.0
+MEMORY_MB = 512
+MIN_MEMORY_MB = 32
+
+POOL_MIN = 1
+POOL_MAX = 4
+POOL_CONCURRENCY = 1
+POOL_QUEUE_MAX = 128
+POOL_MAX_QUEUE_WAIT_MS = 2000
+POOL_IDLE_TIMEOUT_S = 30.0
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+DEFAULT_TRIGGER_METHODS = ("POST",)
+
+# Paths the gateway serves itself; a trigger may not claim them or anything below them.
+RESERVED_PATH_PREFIXES = (
+    "/function/",
+    "/async-function/",
+    "/system/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+)

@@ -1,0 +1,11 @@
+"""Warm worker pools: zygotes, workers, the wire protocol and the node's supervisor.
+
+Function code imports only what it needs from here::
+
+    from runtime import Event, Context, HTTPError
+"""
+
+from runtime.errors import HTTPError
+from runtime.event import Context, Event
+
+__all__ = ["Context", "Event", "HTTPError"]

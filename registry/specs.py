@@ -102,9 +102,7 @@ class FunctionSpec:
             name=data["name"],
             handler=HandlerRef(handler["kind"], handler["target"], handler["attr"]),
             root=Path(data["root"]),
-            triggers=tuple(
-                HttpTrigger(t["path"], tuple(t["methods"])) for t in data["triggers"]
-            ),
+            triggers=tuple(HttpTrigger(t["path"], tuple(t["methods"])) for t in data["triggers"]),
             pool=PoolSpec(
                 min=pool["min"],
                 max=pool["max"],

@@ -97,8 +97,16 @@ class Event:
     the id the gateway gave the call (``X-Call-Id``). ``headers`` and ``query`` are mappings.
     """
 
-    __slots__ = ("_headers", "_query", "_query_string", "_raw_headers", "body", "call_id",
-                 "method", "path")
+    __slots__ = (
+        "_headers",
+        "_query",
+        "_query_string",
+        "_raw_headers",
+        "body",
+        "call_id",
+        "method",
+        "path",
+    )
 
     def __init__(
         self,
@@ -128,7 +136,7 @@ class Event:
     def query(self) -> Query:
         if self._query is None:
             text = self._query_string.decode("latin-1")
-            self._query = Query(parse_qsl(text, keep_blank_values=True))
+            self._query = Query(parse_qsl(text, keep_blank_values=True) if text else [])
         return self._query
 
     def text(self) -> str:

@@ -1,0 +1,126 @@
+"""The gateway's ASGI app, composed from a routes list, exception handlers and a lifespan
+that opens the node (its pools) and closes it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.schemas import SchemaGenerator
+from starlette.types import Receive, Scope, Send
+
+from gateway import admin
+from gateway.errors import GatewayError, error_response, internal_error_response
+from gateway.invoke import Invoker
+from gateway.node import Node
+from runtime.errors import RuntimeFailure
+from runtime.responses import error_body
+
+log = logging.getLogger("edgefaas.gateway")
+
+FUNCTION_PATHS = {
+    "/function/{name}": {
+        "summary": "Call a function synchronously",
+        "description": "Any method. The body, headers and query reach the handler; its "
+        "return value is the response.",
+    },
+    "/function/{name}/{rest}": {
+        "summary": "Call a function with a sub-path (the handler sees /{rest})",
+    },
+}
+
+
+class Gateway:
+    """The front door. Function calls — ``/function/{name}[/{rest}]`` and the manifest's
+    trigger paths — go straight to the :class:`Invoker`: they are the hot path, and
+    Starlette's routing and middleware would cost them about a tenth of the node's
+    throughput. Everything else (admin API, probes, lifespan) goes to the Starlette app."""
+
+    def __init__(self, node: Node, app: Starlette) -> None:
+        self.app = app
+        self.invoke = Invoker(node)
+        self.triggers: dict[str, tuple[str, tuple[str, ...]]] = {}
+        if node.manifest is not None:
+            for path, (spec, trigger) in node.manifest.trigger_routes().items():
+                self.triggers[path] = (spec.name, trigger.methods)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/function/"):
+                name, _, rest = path[10:].partition("/")
+                if name:
+                    await self.invoke(scope, receive, send, name, "/" + rest)
+                    return
+            trigger = self.triggers.get(path)
+            if trigger is not None:
+                await self.invoke(scope, receive, send, trigger[0], path, trigger[1])
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(node: Node) -> Gateway:
+    """The node's ASGI app; ``app.app.state.node`` is the node."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.close()
+
+    routes: list[BaseRoute] = list(admin.routes())
+    schema = SchemaGenerator(
+        {"openapi": "3.0.0", "info": {"title": "edgefaas gateway", "version": "1"}}
+    )
+
+    async def openapi(request: Request) -> Response:
+        document = schema.get_schema(routes)
+        for path, doc in FUNCTION_PATHS.items():
+            document.setdefault("paths", {})[path] = {"post": doc}
+        return JSONResponse(document)
+
+    routes.append(Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False))
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_handlers())
+    app.state.node = node
+    return Gateway(node, app)
+
+
+def _handlers() -> dict[Any, Any]:
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, (GatewayError, RuntimeFailure)):
+            raise exc
+        status, headers, body = error_response(exc)
+        return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
+
+    async def on_http_exception(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, HTTPException):
+            raise exc
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return Response(
+            error_body(code, message),
+            exc.status_code,
+            headers=dict(exc.headers or {}),
+            media_type="application/json",
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        status, _, body = internal_error_response()
+        return Response(body, status, media_type="application/json")
+
+    return {
+        GatewayError: on_gateway_error,
+        RuntimeFailure: on_gateway_error,
+        HTTPException: on_http_exception,
+        Exception: on_unexpected,
+    }

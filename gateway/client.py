@@ -1,0 +1,154 @@
+"""The client commands (``invoke``, ``ls``, ``scale``): HTTP requests to a gateway, and their
+output for a terminal. Raises :class:`ClientError` with a readable message on failure."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from gateway.auth import read_token, token_path
+from gateway.errors import GatewayError
+from gateway.settings import Settings
+
+TIMEOUT_S = 60.0
+
+
+class ClientError(GatewayError):
+    code = "client_error"
+
+
+def admin_token(settings: Settings) -> str:
+    """EDGEFAAS_ADMIN_TOKEN, else the token file of the local node's data dir."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = token_path(settings.resolved_data_dir())
+    try:
+        return read_token(path)
+    except OSError:
+        raise ClientError(
+            f"no admin token: set EDGEFAAS_ADMIN_TOKEN, or run this on the node (looked for {path})"
+        ) from None
+
+
+def request(
+    settings: Settings,
+    method: str,
+    path: str,
+    *,
+    admin: bool = False,
+    content: bytes | None = None,
+    json_body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    all_headers = dict(headers or {})
+    if admin:
+        all_headers["Authorization"] = f"Bearer {admin_token(settings)}"
+    url = settings.gateway.rstrip("/") + path
+    try:
+        with httpx.Client(timeout=TIMEOUT_S) as client:
+            return client.request(method, url, content=content, json=json_body, headers=all_headers)
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach the gateway at {settings.gateway}: {exc}") from None
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    """Raise :class:`ClientError` with the gateway's own message for an error status."""
+    if response.status_code < 400:
+        return response
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text.strip() or response.reason_phrase
+    raise ClientError(f"{response.status_code}: {message}")
+
+
+def read_data(data: str | None, stdin: BinaryIO) -> bytes:
+    """``--data``: ``@file`` reads a file, ``-`` reads stdin, anything else is sent as is."""
+    if data is None:
+        return b""
+    if data == "-":
+        return stdin.read()
+    if data.startswith("@"):
+        path = Path(data[1:])
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"--data {data}: cannot read {path}: {exc.strerror}") from None
+    return data.encode()
+
+
+def invoke(
+    settings: Settings, name: str, data: str | None, method: str, header_args: list[str]
+) -> httpx.Response:
+    headers = {}
+    for item in header_args:
+        key, sep, value = item.partition(":")
+        if not sep or not key.strip():
+            raise ClientError(f"--header {item!r}: expected NAME:VALUE")
+        headers[key.strip()] = value.strip()
+    body = read_data(data, sys.stdin.buffer)
+    return check(request(settings, method, f"/function/{name}", content=body, headers=headers))
+
+
+def list_functions(settings: Settings) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = check(
+        request(settings, "GET", "/system/functions", admin=True)
+    ).json()
+    return result
+
+
+def scale(settings: Settings, name: str, body: dict[str, int]) -> dict[str, Any]:
+    result: dict[str, Any] = check(
+        request(settings, "POST", f"/system/scale-function/{name}", admin=True, json_body=body)
+    ).json()
+    return result
+
+
+def format_table(functions: list[dict[str, Any]]) -> str:
+    """``edgefaas ls`` output: one row per function."""
+    header = (
+        "NAME",
+        "STATE",
+        "READY",
+        "BUSY",
+        "STARTING",
+        "MIN",
+        "MAX",
+        "QUEUE",
+        "CALLS",
+        "ERRORS",
+        "LAST ERROR",
+    )
+    rows = [header]
+    for f in functions:
+        c = f["counters"]
+        errors = c["function_errors"] + c["soft_timeouts"] + c["hard_timeouts"] + c["crashes"]
+        last = (f["last_error"] or {}).get("message", "")
+        rows.append(
+            (
+                f["name"],
+                f["state"],
+                str(f["workers"]["ready"]),
+                str(f["workers"]["busy"]),
+                str(f["workers"]["starting"]),
+                str(f["min"]),
+                str(f["max"]),
+                str(f["queue_depth"]),
+                str(c["calls"]),
+                str(errors),
+                last[:60],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2)

@@ -1,0 +1,175 @@
+"""The call path: ``/function/{name}[/{rest}]`` and the manifest's trigger paths.
+
+A plain ASGI endpoint, because it is the hot path: it reads the body (refusing oversize ones
+before reading them), asks the pool for admission — the one decision point where a call is
+served here or refused (later: sent to a peer or the cloud) — waits for the worker's answer
+and writes it with ``X-Call-Id``, ``X-Served-By`` and ``X-Duration-Seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import TYPE_CHECKING
+
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    Headers,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    error_response,
+    internal_error_response,
+)
+from runtime.errors import RuntimeFailure
+from runtime.event import build_header_block
+
+if TYPE_CHECKING:
+    from gateway.node import Node
+
+call_log = logging.getLogger("edgefaas.calls")
+log = logging.getLogger("edgefaas.gateway")
+_CALL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_SERVED_LOCAL = (b"x-served-by", b"local")
+
+
+class CallIds:
+    """Call ids unique across nodes and restarts: a random prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._count = 0
+
+    def next(self) -> str:
+        self._count += 1
+        return f"{self._prefix}-{self._count:x}"
+
+
+class Invoker:
+    """Serves one call end to end. The gateway's front door (:class:`gateway.app.Gateway`)
+    has already found the function name and the path its handler sees."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.pools = node.supervisor.pools
+        self.metrics = node.metrics
+        self.max_body = node.settings.max_body_bytes
+        self.log_calls = node.settings.call_log
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        path: str,
+        methods: tuple[str, ...] | None = None,
+    ) -> None:
+        """Serve a call to function ``name``; ``methods`` restricts a trigger path's methods."""
+        started = time.perf_counter()
+        call_id = ""
+        pool = self.pools.get(name)
+        try:
+            call_id, length = self._read_headers(scope["headers"])
+            if methods is not None and scope["method"] not in methods:
+                raise MethodNotAllowed(
+                    f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
+                )
+            if pool is None:
+                raise NotFound(f"no function named {name!r} on this node")
+            if length > self.max_body:
+                raise PayloadTooLarge(self._too_large(length))
+            body = await self._read_body(receive)
+            admission = pool.admit()
+            if not admission.admitted:
+                raise admission.failure()
+            call = pool.submit(
+                scope["method"].encode(),
+                path.encode(),
+                scope["query_string"],
+                build_header_block(scope["headers"]),
+                call_id,
+                body,
+            )
+            result = await call.future
+            status, body = result.status, result.body
+            headers = _split_headers(result.headers)
+        except (GatewayError, RuntimeFailure) as exc:
+            status, headers, body = error_response(exc)
+        except Exception:
+            log.exception("call to %s failed inside the gateway", name)
+            status, headers, body = internal_error_response()
+        call_id = call_id or self.node.call_ids.next()
+        elapsed = time.perf_counter() - started
+        headers.append((b"content-length", b"%d" % len(body)))
+        headers.append((b"x-call-id", call_id.encode()))
+        headers.append(_SERVED_LOCAL)
+        headers.append((b"x-duration-seconds", b"%.6f" % elapsed))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if pool is not None:
+            self.metrics.observe_call(name, status, elapsed)
+        if self.log_calls:
+            call_log.info(
+                "%s %s %d %.2fms local %s", scope["method"], name, status, elapsed * 1000, call_id
+            )
+
+    def _read_headers(self, headers: list[tuple[bytes, bytes]]) -> tuple[str, int]:
+        call_id = ""
+        length = 0
+        for key, value in headers:
+            if key == b"content-length":
+                length = _content_length(value)
+            elif key == b"x-call-id":
+                call_id = value.decode("latin-1")
+                if not _CALL_ID.match(call_id):
+                    raise BadRequest("X-Call-Id: expected 1–64 characters from A–Z a–z 0–9 . _ : -")
+        return call_id or self.node.call_ids.next(), length
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > self.max_body:
+                raise PayloadTooLarge(self._too_large(len(body)))
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise PayloadTooLarge(self._too_large(size, streamed=True))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, size: int, streamed: bool = False) -> str:
+        what = "more than" if streamed else ""
+        return (
+            f"request body of {what} {size} bytes exceeds this node's limit of "
+            f"{self.max_body} bytes"
+        ).replace("  ", " ")
+
+
+def _content_length(value: bytes) -> int:
+    try:
+        length = int(value)
+    except ValueError:
+        raise BadRequest(f"Content-Length: expected a number of bytes, got {value!r}") from None
+    if length < 0:
+        raise BadRequest(f"Content-Length: expected a number of bytes, got {length}")
+    return length
+
+
+def _split_headers(block: bytes) -> Headers:
+    if not block:
+        return []
+    return [
+        (name, value) for name, _, value in (line.partition(b":") for line in block.split(b"\n"))
+    ]

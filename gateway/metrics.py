@@ -1,0 +1,126 @@
+"""Prometheus metrics of one node, on a registry of its own (no process-wide globals).
+
+OpenFaaS-compatible names where OpenFaaS has the same thing
+(``gateway_function_invocation_total{function_name,code}``, ``gateway_functions_seconds``,
+``gateway_service_count``), plus pool gauges read at scrape time and histograms of worker
+spawn and cold-start times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+SPAWN_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+Snapshot = Callable[[], list[dict[str, Any]]]
+
+
+class PoolCollector(Collector):
+    """Pool gauges computed from the supervisor's snapshot when Prometheus scrapes."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        pools = self._snapshot()
+        workers = GaugeMetricFamily(
+            "edgefaas_pool_workers", "Workers by state.", labels=["function", "state"]
+        )
+        in_flight = GaugeMetricFamily(
+            "edgefaas_pool_in_flight", "Calls running in workers.", labels=["function"]
+        )
+        queued = GaugeMetricFamily(
+            "edgefaas_pool_queue_depth", "Calls waiting for a worker.", labels=["function"]
+        )
+        state = GaugeMetricFamily(
+            "edgefaas_pool_state", "1 for the pool's current state.", labels=["function", "state"]
+        )
+        for pool in pools:
+            for name, count in pool["workers"].items():
+                workers.add_metric([pool["name"], name], count)
+            in_flight.add_metric([pool["name"]], pool["in_flight"])
+            queued.add_metric([pool["name"]], pool["queue_depth"])
+            state.add_metric([pool["name"], pool["state"]], 1)
+        services = GaugeMetricFamily("gateway_service_count", "Functions deployed on this node.")
+        services.add_metric([], len(pools))
+        yield from (workers, in_flight, queued, state, services)
+
+
+class Metrics:
+    """The node's metrics. Also the pools' observer (spawn and cold-start timings)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._invocations = Counter(
+            "gateway_function_invocation",
+            "Calls by function and HTTP status.",
+            ["function_name", "code"],
+            registry=self.registry,
+        )
+        self._seconds = Histogram(
+            "gateway_functions_seconds",
+            "Time from request to response, by function.",
+            ["function_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._spawn = Histogram(
+            "edgefaas_worker_spawn_seconds",
+            "Time from asking the zygote for a worker to READY.",
+            ["function"],
+            buckets=SPAWN_BUCKETS,
+            registry=self.registry,
+        )
+        self._cold = Histogram(
+            "edgefaas_cold_start_seconds",
+            "Time to answer a call that arrived when no worker was serving.",
+            ["function"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def watch_pools(self, snapshot: Snapshot) -> None:
+        self.registry.register(PoolCollector(snapshot))
+
+    def observe_call(self, function: str, status: int, seconds: float) -> None:
+        children = self._children.get((function, status))
+        if children is None:
+            children = (
+                self._invocations.labels(function, str(status)),
+                self._seconds.labels(function),
+            )
+            self._children[(function, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def worker_spawned(self, function: str, seconds: float) -> None:
+        self._spawn.labels(function).observe(seconds)
+
+    def cold_start(self, function: str, seconds: float) -> None:
+        self._cold.labels(function).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,192 @@
+"""Every node and client setting, declared once.
+
+Each field of :class:`Settings` is one setting: its flag (``--max-body-bytes``), its
+environment variable (``EDGEFAAS_MAX_BODY_BYTES``), type, default, the commands that take it
+and a one-line description. The CLI's options, the environment lookup and the README's
+settings table are all generated from these declarations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import SettingsError
+
+UP = ("up",)
+CLIENT = ("invoke", "ls", "scale")
+ENV_PREFIX = "EDGEFAAS_"
+MiB = 1024 * 1024
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def setting(
+    default: Any, doc: str, commands: tuple[str, ...], *, flag: bool = True, secret: bool = False
+) -> Any:
+    return field(
+        default=default, metadata={"doc": doc, "commands": commands, "flag": flag, "secret": secret}
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    manifest: Path | None = setting(
+        None, "manifest to serve (default: ./functions.yaml when it exists)", UP
+    )
+    host: str = setting("127.0.0.1", "address the gateway listens on", UP)
+    port: int = setting(8080, "port the gateway listens on", UP)
+    node: str = setting("", "this node's name (default: the host name)", UP)
+    data_dir: Path | None = setting(
+        None,
+        "node state: admin token, later bundles (default: ~/.local/share/edgefaas/NODE)",
+        UP + CLIENT,
+    )
+    max_body_bytes: int = setting(6 * MiB, "largest request body accepted (413 above)", UP)
+    grace_s: float = setting(30.0, "on SIGTERM, how long in-flight calls may finish", UP)
+    log_level: str = setting("info", "debug, info, warning or error", UP)
+    call_log: bool = setting(True, "log one line per call", UP)
+    gateway: str = setting("http://127.0.0.1:8080", "gateway the client commands talk to", CLIENT)
+    admin_token: str = setting(
+        "",
+        "admin API token (default: generated and kept in DATA_DIR)",
+        UP + CLIENT,
+        flag=False,
+        secret=True,
+    )
+
+    def node_name(self) -> str:
+        return self.node or socket.gethostname().split(".")[0] or "node"
+
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir is not None:
+            return self.data_dir
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "edgefaas" / self.node_name()
+
+    def resolved_manifest(self) -> Path | None:
+        if self.manifest is not None:
+            return self.manifest
+        default = Path("functions.yaml")
+        return default if default.is_file() else None
+
+    def __repr__(self) -> str:
+        shown = {
+            f.name: (
+                "***" if f.metadata["secret"] and getattr(self, f.name) else getattr(self, f.name)
+            )
+            for f in dataclasses.fields(self)
+        }
+        return f"Settings({shown})"
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    name: str
+    flag: str | None
+    env: str
+    type: type
+    default: Any
+    doc: str
+    commands: tuple[str, ...]
+
+
+def declared() -> list[SettingInfo]:
+    """The settings table: one row per field of :class:`Settings`."""
+    hints = typing.get_type_hints(Settings)
+    rows = []
+    for f in dataclasses.fields(Settings):
+        kind = _base_type(hints[f.name])
+        rows.append(
+            SettingInfo(
+                name=f.name,
+                flag="--" + f.name.replace("_", "-") if f.metadata["flag"] else None,
+                env=ENV_PREFIX + f.name.upper(),
+                type=kind,
+                default=f.default,
+                doc=f.metadata["doc"],
+                commands=f.metadata["commands"],
+            )
+        )
+    return rows
+
+
+def _base_type(hint: Any) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint  # type: ignore[no-any-return]
+
+
+def parse_value(info: SettingInfo, text: str, source: str) -> Any:
+    """Convert a flag or environment value; errors name the setting and its source."""
+    try:
+        if info.type is bool:
+            return _parse_bool(text)
+        value = info.type(text)
+    except ValueError:
+        raise SettingsError(f"{source}: expected {info.type.__name__}, got {text!r}") from None
+    _check(info.name, value, source)
+    return value
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _check(name: str, value: Any, source: str) -> None:
+    problem = _problem(name, value)
+    if problem:
+        raise SettingsError(f"{source}: {problem}, got {value!r}")
+
+
+def _problem(name: str, value: Any) -> str:
+    if name == "port" and not 0 <= value <= 65535:
+        return "expected a port 0–65535"
+    if name == "max_body_bytes" and value < 1:
+        return "expected a positive number of bytes"
+    if name == "grace_s" and value < 0:
+        return "expected seconds ≥ 0"
+    if name == "log_level" and value.lower() not in ("debug", "info", "warning", "error"):
+        return "expected debug, info, warning or error"
+    if name == "node" and not _NODE_NAME.match(value):
+        return "expected 1–63 letters, digits, '.', '_' or '-'"
+    return ""
+
+
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Build settings from parsed flags (None when not given), then the environment,
+    then the declared defaults."""
+    values: dict[str, Any] = {}
+    for info in declared():
+        given = flags.get(info.name)
+        if given is not None:
+            _check(info.name, given, info.flag or info.name)
+            values[info.name] = given
+        elif info.env in environ:
+            values[info.name] = parse_value(info, environ[info.env], info.env)
+    return Settings(**values)
+
+
+def markdown_table() -> str:
+    """The README's settings table."""
+    lines = [
+        "| flag | environment | default | commands | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for info in declared():
+        flag = f"`{info.flag}`" if info.flag else "—"
+        default = "—" if info.default in (None, "") else f"`{info.default}`"
+        lines.append(
+            f"| {flag} | `{info.env}` | {default} | {', '.join(info.commands)} | {info.doc} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,24 @@
+"""Tie a child process's life to its parent's, so no process outlives the node.
+
+The zygote dies with the gateway and each worker with its zygote: Linux delivers the
+parent-death signal even when the parent is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(expected_parent: int) -> None:
+    """Ask the kernel for SIGKILL when the parent exits; exit now if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(err)}")
+    if os.getppid() != expected_parent:
+        # The parent died between fork and prctl: the signal will never come.
+        os._exit(1)

@@ -1,0 +1,535 @@
+"""A warm pool: one function's zygote, its workers, its wait queue and its admission rule.
+
+Everything here runs on the gateway's event loop and is driven by callbacks: when a worker
+answers, the next queued call is written to it in the same callback, so a busy worker never
+waits for a coroutine to be scheduled before it gets more work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+import time
+from collections import deque
+from collections.abc import Coroutine
+from enum import Enum
+from typing import Any, NamedTuple, Protocol
+
+from registry.specs import FunctionSpec
+from runtime import autoscaler
+from runtime.defaults import (
+    BACKOFF_S,
+    EXIT_STATUS_WAIT_S,
+    INIT_TIMEOUT_S,
+    KILL_GRACE_S,
+    STOP_TIMEOUT_S,
+)
+from runtime.errors import CallTimedOut, Overloaded, RuntimeFailure, Unavailable, WorkerCrashed
+from runtime.exits import EXIT_INIT_FAILED, describe_exit
+from runtime.protocol import Kind, encode
+from runtime.states import PoolState, WorkerPhase, check_pool
+from runtime.stats import PoolStats
+from runtime.worker_link import Call, Result, WorkerLink
+from runtime.zygote_link import ZygoteEvent, ZygoteLink
+
+log = logging.getLogger("edgefaas.runtime")
+
+
+class Verdict(Enum):
+    """The admission decision for one call (the single place later routing hooks into)."""
+
+    FREE_WORKER = "free_worker"
+    QUEUE_OK = "queue_ok"
+    QUEUE_FULL = "queue_full"
+    WAIT_TOO_LONG = "wait_too_long"
+    UNAVAILABLE = "unavailable"
+
+
+class Admission(NamedTuple):
+    verdict: Verdict
+    wait_s: float = 0.0
+    message: str = ""
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict in (Verdict.FREE_WORKER, Verdict.QUEUE_OK)
+
+    def failure(self) -> RuntimeFailure:
+        """The error a caller gets when the call is not admitted (and not sent elsewhere)."""
+        if self.verdict is Verdict.UNAVAILABLE:
+            return Unavailable(self.message)
+        return Overloaded(self.message, max(1, math.ceil(self.wait_s)), self.verdict.value)
+
+
+_FREE = Admission(Verdict.FREE_WORKER)
+
+
+class PoolObserver(Protocol):
+    """Receives timings for metrics (the gateway's Prometheus histograms)."""
+
+    def worker_spawned(self, function: str, seconds: float) -> None: ...
+
+    def cold_start(self, function: str, seconds: float) -> None: ...
+
+
+class WarmPool:
+    """The warm workers of one function. Create it inside a running event loop."""
+
+    def __init__(self, spec: FunctionSpec, observer: PoolObserver | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.observer = observer
+        self.min = spec.pool.min
+        self.max = spec.pool.max
+        self.concurrency = 1
+        self.state = PoolState.STOPPED
+        self.stats = PoolStats()
+        self.zygote: ZygoteLink | None = None
+        self.workers: dict[int, WorkerLink] = {}
+        self.free: list[WorkerLink] = []
+        self.queue: deque[Call] = deque()
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_error: dict[str, Any] | None = None
+        self._by_pid: dict[int, WorkerLink] = {}
+        self._loop = asyncio.get_running_loop()
+        self._seq = 0
+        self._tokens = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._queue_timer: asyncio.TimerHandle | None = None
+        self._max_wait_s = spec.pool.max_queue_wait_ms / 1000
+        self._hard_timeout_s = spec.timeout_s + KILL_GRACE_S
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start the zygote and the first ``min`` workers. Failures leave the pool in
+        BACKOFF (or FATAL) with ``last_error`` set; they are not raised."""
+        self._set_state(PoolState.STARTING)
+        zygote = ZygoteLink(self.spec, self._on_zygote_event)
+        self.zygote = zygote
+        try:
+            await zygote.start()
+        except Unavailable as exc:
+            if self.state is PoolState.STARTING:
+                self._start_failed(exc.message)
+            return
+        if self.state is not PoolState.STARTING:  # stopped while loading
+            await zygote.stop()
+            return
+        self.concurrency = self.spec.pool.concurrency if zygote.is_async else 1
+        self._set_state(PoolState.RUNNING)
+        self._fill()
+
+    async def stop(self, force: bool = False) -> None:
+        """Stop every worker and the zygote. Without ``force``, busy workers finish their
+        calls first (bounded by STOP_TIMEOUT_S); with it, everything is killed at once."""
+        if self.state in (PoolState.STOPPING, PoolState.STOPPED):
+            return
+        self._set_state(PoolState.STOPPING)
+        self._fail_queue(Unavailable(f"function {self.name} is stopping"))
+        for link in list(self.workers.values()):
+            if force:
+                link.kill("the node is stopping")
+            else:
+                self._retire(link)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self.workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for link in list(self.workers.values()):
+            link.kill("it did not stop in time")
+        if self.zygote is not None:
+            await (self.zygote.kill() if force else self.zygote.stop())
+        for task in list(self._tasks):
+            task.cancel()
+        self._set_state(PoolState.STOPPED)
+
+    def scale(self, min_workers: int, max_workers: int) -> None:
+        """Set new bounds; a FATAL pool is given a fresh start."""
+        if not 0 <= min_workers <= max_workers or max_workers < 1:
+            raise ValueError(
+                f"expected 0 ≤ min ≤ max and max ≥ 1, got min={min_workers}, max={max_workers}"
+            )
+        self.min, self.max = min_workers, max_workers
+        if self.state is PoolState.FATAL:
+            self.failures = 0
+            self._background(self.start())
+            return
+        serving = [w for w in self.workers.values() if w.phase is not WorkerPhase.DRAINING]
+        for link in sorted(serving, key=lambda w: len(w.calls))[: max(0, len(serving) - self.max)]:
+            self._retire(link)
+        self._fill()
+
+    def tick(self, now: float) -> None:
+        """Periodic housekeeping: retry after backoff, refill to min, retire idle workers,
+        kill workers whose init hangs."""
+        if self.state is PoolState.BACKOFF and now >= self.retry_at:
+            if self.zygote is None or not self.zygote.alive:
+                self._background(self.start())
+                return
+            self._set_state(PoolState.RUNNING)
+        if self.state is not PoolState.RUNNING:
+            return
+        self._fill()
+        self._retire_idle(now)
+        started_before = time.perf_counter() - INIT_TIMEOUT_S
+        for link in list(self.workers.values()):
+            if link.phase is WorkerPhase.STARTING and link.requested_at < started_before:
+                link.kill(f"init() did not finish within {INIT_TIMEOUT_S:g} s")
+
+    # ---------------------------------------------------------------- calls
+
+    def admit(self) -> Admission:
+        """Decide whether a call can be served here, and how long it would wait."""
+        if self.free:
+            return _FREE
+        state = self.state
+        if state in (PoolState.STOPPING, PoolState.STOPPED):
+            return Admission(Verdict.UNAVAILABLE, message=f"function {self.name} is stopping")
+        if state in (PoolState.BACKOFF, PoolState.FATAL) and not self.serving_count():
+            return Admission(Verdict.UNAVAILABLE, message=self._unavailable_message())
+        wait_s = self.estimate_wait_s()
+        if len(self.queue) >= self.spec.pool.queue_max:
+            self.stats.saturated += 1
+            return Admission(
+                Verdict.QUEUE_FULL,
+                wait_s,
+                f"function {self.name} is saturated: {len(self.queue)} calls "
+                "already wait for a worker",
+            )
+        if wait_s > self._max_wait_s:
+            self.stats.saturated += 1
+            return Admission(
+                Verdict.WAIT_TOO_LONG,
+                wait_s,
+                f"function {self.name} is saturated: a call would wait about "
+                f"{wait_s * 1000:.0f} ms, over its {self.spec.pool.max_queue_wait_ms}"
+                " ms limit",
+            )
+        return Admission(Verdict.QUEUE_OK, wait_s)
+
+    def estimate_wait_s(self) -> float:
+        """Expected wait for a worker slot: queue depth × recent service time ÷ slots, plus
+        a fork when no worker is serving yet."""
+        slots = self.serving_count() * self.concurrency
+        service_s = self.stats.service_s
+        if slots == 0:
+            return self.stats.spawn_p50_s() + len(self.queue) * service_s
+        return (len(self.queue) + 1) * service_s / slots
+
+    def submit(
+        self, method: bytes, path: bytes, query: bytes, headers: bytes, call_id: str, body: bytes
+    ) -> Call:
+        """Send a call to a free worker, or queue it; await ``call.future`` for the result."""
+        self._seq += 1
+        frame = encode(Kind.CALL, self._seq, [method, path, query, headers, call_id.encode(), body])
+        call = Call(self._seq, call_id, frame, self._loop.create_future())
+        free = self.free
+        if free:
+            link = free[-1]
+            self._dispatch(link, call)
+            if len(link.calls) >= self.concurrency:
+                free.pop()
+            return call
+        call.cold = self.serving_count() == 0
+        self.queue.append(call)
+        if self._queue_timer is None:
+            self._arm_queue_timer()
+        self._fill()
+        return call
+
+    def _dispatch(self, link: WorkerLink, call: Call) -> None:
+        link.send(call)
+        call.dispatched_at = time.perf_counter()
+        call.timer = self._loop.call_later(self._hard_timeout_s, self._on_hard_timeout, call)
+
+    def _release(self, link: WorkerLink) -> None:
+        """A slot on ``link`` came free: give it to the next queued call, or mark it free."""
+        if link.phase is not WorkerPhase.SERVING:
+            if link.phase is WorkerPhase.DRAINING and not link.calls:
+                link.close()
+            return
+        if self.queue:
+            self._dispatch(link, self.queue.popleft())
+            return
+        if len(link.calls) == self.concurrency - 1:
+            self.free.append(link)
+        if not link.calls:
+            link.idle_since = time.monotonic()
+
+    def _arm_queue_timer(self) -> None:
+        head = self.queue[0]
+        delay = head.queued_at + self._max_wait_s - time.perf_counter()
+        self._queue_timer = self._loop.call_later(max(0.0, delay), self._on_queue_timer)
+
+    def _on_queue_timer(self) -> None:
+        """Refuse queued calls that have waited longer than max_queue_wait_ms. The queue is
+        FIFO and every call has the same budget, so only the head needs a timer."""
+        self._queue_timer = None
+        limit = time.perf_counter() - self._max_wait_s
+        queue = self.queue
+        while queue and queue[0].queued_at <= limit:
+            call = queue.popleft()
+            self.stats.saturated += 1
+            call.fail(
+                Overloaded(
+                    f"function {self.name}: no worker came free within "
+                    f"{self.spec.pool.max_queue_wait_ms} ms",
+                    1,
+                    "queue_timeout",
+                )
+            )
+        if queue:
+            self._arm_queue_timer()
+
+    def _on_hard_timeout(self, call: Call) -> None:
+        link = call.worker
+        if call.future.done() or link is None:
+            return
+        link.calls.pop(call.seq, None)
+        self.stats.hard_timeouts += 1
+        call.fail(
+            CallTimedOut(
+                f"function {self.name} did not finish within its {self.spec.timeout_s:g} s timeout "
+                f"and {KILL_GRACE_S:g} s grace; its worker was killed and replaced"
+            )
+        )
+        link.kill(f"call {call.call_id} ran past its timeout")
+
+    def _fail_queue(self, failure: RuntimeFailure) -> None:
+        while self.queue:
+            self.queue.popleft().fail(failure)
+
+    # ---------------------------------------------------------------- worker events
+
+    def on_worker_ready(self, link: WorkerLink) -> None:
+        if link.phase is not WorkerPhase.STARTING:
+            return
+        link.set_phase(WorkerPhase.SERVING)
+        spawn_s = time.perf_counter() - link.requested_at
+        self.stats.spawn_s.append(spawn_s)
+        if self.observer is not None:
+            self.observer.worker_spawned(self.name, spawn_s)
+        self.failures = 0
+        link.idle_since = time.monotonic()
+        while self.queue and len(link.calls) < self.concurrency:
+            self._dispatch(link, self.queue.popleft())
+        if len(link.calls) < self.concurrency:
+            self.free.append(link)
+
+    def on_worker_init_failed(self, link: WorkerLink, message: str, trace: str) -> None:
+        link.failure_reported = True
+        if trace:
+            log.error("function %s: init() failed in worker %d:\n%s", self.name, link.pid, trace)
+        self._start_failed(message)
+
+    def on_result(self, link: WorkerLink, call: Call, result: Result) -> None:
+        call.finish(result)
+        now = time.perf_counter()
+        self.stats.record_call(now - call.dispatched_at, result.outcome)
+        if call.cold and self.observer is not None:
+            self.observer.cold_start(self.name, now - call.queued_at)
+        self._release(link)
+
+    def on_worker_lost(self, link: WorkerLink) -> None:
+        was = link.phase
+        if was is not WorkerPhase.STOPPED:
+            link.set_phase(WorkerPhase.STOPPED)
+        self.workers.pop(link.token, None)
+        if link in self.free:
+            self.free.remove(link)
+        calls = list(link.calls.values())
+        link.calls.clear()
+        if calls or (was is WorkerPhase.STARTING and not link.failure_reported):
+            self._background(self._report_loss(link, calls, was))
+        if self.state is PoolState.RUNNING:
+            self._fill()
+
+    async def _report_loss(self, link: WorkerLink, calls: list[Call], was: WorkerPhase) -> None:
+        """Wait briefly for the zygote's report of how the worker ended, then tell the
+        callers (502) or count a start failure."""
+        try:
+            status = await asyncio.wait_for(asyncio.shield(link.exit_status), EXIT_STATUS_WAIT_S)
+            how = describe_exit(status, self.spec.memory_mb)
+            init_failed = status >> 8 == EXIT_INIT_FAILED
+        except TimeoutError:
+            how, init_failed = "died (its exit status is unknown)", False
+        if link.kill_reason:
+            how = f"was killed because {link.kill_reason}"
+        if calls:
+            self.stats.crashes += 1
+            log.warning(
+                "function %s: worker %d %s with %d call(s) in flight",
+                self.name,
+                link.pid,
+                how,
+                len(calls),
+            )
+            failure = WorkerCrashed(
+                f"worker {link.pid} of function {self.name} {how} during "
+                "the call; it has been replaced"
+            )
+            for call in calls:
+                call.fail(failure)
+        elif was is WorkerPhase.STARTING and not init_failed and self.state is PoolState.RUNNING:
+            self._start_failed(f"worker {link.pid} {how} before it was ready")
+
+    def _on_zygote_event(self, event: ZygoteEvent) -> None:
+        kind = event["event"]
+        if kind == "spawned":
+            link = self.workers.get(int(event["token"]))
+            if link is not None:
+                link.pid = link.pid or int(event["pid"])
+                self._by_pid[link.pid] = link
+        elif kind == "exited":
+            link = self._by_pid.pop(int(event["pid"]), None)
+            if link is not None and not link.exit_status.done():
+                link.exit_status.set_result(int(event["status"]))
+        elif kind == "lost" and self.state not in (PoolState.STOPPING, PoolState.STOPPED):
+            self._background(self._on_zygote_lost())
+
+    async def _on_zygote_lost(self) -> None:
+        zygote = self.zygote
+        how = await zygote.wait_exit() if zygote is not None else "is gone"
+        self._start_failed(f"its zygote process {how}")
+
+    # ---------------------------------------------------------------- scaling
+
+    def serving_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.phase is WorkerPhase.SERVING)
+
+    def _fill(self) -> None:
+        """Spawn workers up to what demand and ``min`` ask for, within ``max``."""
+        if self.state is not PoolState.RUNNING:
+            return
+        live = 0
+        demand = len(self.queue)
+        for link in self.workers.values():
+            if link.phase in (WorkerPhase.STARTING, WorkerPhase.SERVING):
+                live += 1
+                demand += len(link.calls)
+        wanted = autoscaler.workers_wanted(demand, self.concurrency, self.min, self.max)
+        for _ in range(wanted - live):
+            self._spawn()
+
+    def _retire_idle(self, now: float) -> None:
+        live = sum(
+            1
+            for w in self.workers.values()
+            if w.phase in (WorkerPhase.STARTING, WorkerPhase.SERVING)
+        )
+        idle = [w for w in self.free if not w.calls]
+        count = autoscaler.retirable(
+            [now - w.idle_since for w in idle], live, self.min, self.spec.pool.idle_timeout_s
+        )
+        for link in sorted(idle, key=lambda w: w.idle_since)[:count]:
+            self._retire(link)
+
+    def _retire(self, link: WorkerLink) -> None:
+        if link.phase not in (WorkerPhase.STARTING, WorkerPhase.SERVING):
+            return
+        link.set_phase(WorkerPhase.DRAINING)
+        self.stats.retired += 1
+        if link in self.free:
+            self.free.remove(link)
+        if not link.calls:
+            link.close()
+
+    def _spawn(self) -> None:
+        self._tokens += 1
+        link = WorkerLink(self, self._tokens)
+        self.workers[link.token] = link
+        self.stats.spawned += 1
+        self._background(self._connect(link))
+
+    async def _connect(self, link: WorkerLink) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if self.zygote is None:
+                raise Unavailable(f"function {self.name} has no zygote")
+            self.zygote.spawn(theirs, link.token)
+        except (Unavailable, OSError) as exc:
+            ours.close()
+            log.warning("function %s: could not ask for a worker: %s", self.name, exc)
+            link.failure_reported = True  # not a start failure of the function itself
+            self.on_worker_lost(link)
+            return
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        await self._loop.create_unix_connection(lambda: link, sock=ours)
+
+    # ---------------------------------------------------------------- failures
+
+    def _start_failed(self, message: str) -> None:
+        self.failures += 1
+        self.stats.start_failures += 1
+        self.last_error = {"message": message, "at": time.time()}
+        if self.state in (PoolState.STOPPING, PoolState.STOPPED, PoolState.FATAL):
+            return
+        if self.failures > len(BACKOFF_S):
+            log.error(
+                "function %s is FATAL after %d failed starts: %s", self.name, self.failures, message
+            )
+            self._set_state(PoolState.FATAL)
+        else:
+            delay = BACKOFF_S[self.failures - 1]
+            log.error(
+                "function %s cannot start (attempt %d, retrying in %g s): %s",
+                self.name,
+                self.failures,
+                delay,
+                message,
+            )
+            self._set_state(PoolState.BACKOFF)
+            self.retry_at = time.monotonic() + delay
+        if not self.serving_count():
+            self._fail_queue(Unavailable(self._unavailable_message()))
+
+    def _unavailable_message(self) -> str:
+        error = self.last_error["message"] if self.last_error else "unknown error"
+        if self.state is PoolState.FATAL:
+            return (
+                f"function {self.name} cannot start and has stopped retrying: {error}; "
+                "fix it and redeploy, or scale it to retry"
+            )
+        return f"function {self.name} cannot start: {error}"
+
+    def _set_state(self, state: PoolState) -> None:
+        if state is not self.state:
+            self.state = check_pool(self.state, state)
+            log.info("function %s: %s", self.name, state.value)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------- reporting
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pool as the admin API shows it."""
+        states = {"starting": 0, "ready": 0, "busy": 0, "draining": 0}
+        for link in self.workers.values():
+            if link.state in states:
+                states[link.state] += 1
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "handler": str(self.spec.handler),
+            "min": self.min,
+            "max": self.max,
+            "concurrency": self.concurrency,
+            "timeout_s": self.spec.timeout_s,
+            "memory_mb": self.spec.memory_mb,
+            "triggers": [{"path": t.path, "methods": list(t.methods)} for t in self.spec.triggers],
+            "workers": states,
+            "worker_pids": sorted(w.pid for w in self.workers.values() if w.pid),
+            "zygote_pid": self.zygote.pid if self.zygote else None,
+            "in_flight": sum(len(w.calls) for w in self.workers.values()),
+            "queue_depth": len(self.queue),
+            "counters": self.stats.to_dict(),
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,178 @@
+"""The zygote process: imports one function's handler module once, then forks a warm worker
+each time the gateway asks for one.
+
+Run as ``python -m runtime.zygote CONTROL_FD GATEWAY_PID``. The control socket is a
+``SOCK_SEQPACKET`` Unix socket carrying one JSON message per packet:
+
+gateway → zygote
+    ``{"cmd": "load", "spec": {...}}`` first, then ``{"cmd": "spawn", "token": n}`` with the
+    worker's end of a fresh socket pair attached (``SCM_RIGHTS``), or ``{"cmd": "stop"}``.
+zygote → gateway
+    ``{"event": "loaded", "is_async": bool, "vm_mib": n}`` or
+    ``{"event": "load_failed", "message": str, "trace": str}``;
+    ``{"event": "spawned", "token": n, "pid": p}``; ``{"event": "exited", "pid": p,
+    "status": wait_status}`` for every worker that ends.
+
+The zygote ignores SIGINT (a Ctrl-C in the terminal is for the gateway to handle) and dies
+with the gateway; its workers die with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from registry.specs import FunctionSpec
+from runtime import exits, worker
+from runtime.defaults import STOP_TIMEOUT_S
+from runtime.lifeline import die_with_parent
+from runtime.loader import LoadedFunction, LoadError, load_function
+
+MAX_PACKET_BYTES = 1024 * 1024
+# Address space the runtime needs on top of what the loaded module maps, for a worker to run.
+WORKER_HEADROOM_MIB = 16
+
+
+class Zygote:
+    """One function's template process: owns the control socket and the forked workers."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.children: set[int] = set()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.control.send(json.dumps(message).encode())
+
+    def load(self) -> tuple[FunctionSpec, LoadedFunction] | None:
+        """Receive the spec and import the handler; report the outcome to the gateway."""
+        packet = self.control.recv(MAX_PACKET_BYTES)
+        if not packet:
+            return None
+        spec = FunctionSpec.from_dict(json.loads(packet)["spec"])
+        os.environ.update(spec.env)
+        os.chdir(spec.root)
+        try:
+            loaded = load_function(spec)
+        except LoadError as exc:
+            self.send({"event": "load_failed", "message": exc.message, "trace": exc.trace})
+            return None
+        vm_mib = _address_space_mib()
+        if vm_mib + WORKER_HEADROOM_MIB > spec.memory_mb:
+            need = vm_mib + WORKER_HEADROOM_MIB
+            message = (
+                f"memory_mb={spec.memory_mb} is below the {vm_mib} MiB of address space "
+                f"the loaded function already maps; raise memory_mb to at least {need}"
+            )
+            self.send({"event": "load_failed", "message": message, "trace": ""})
+            return None
+        self.send({"event": "loaded", "is_async": loaded.is_async, "vm_mib": vm_mib})
+        return spec, loaded
+
+    def serve(self, spec: FunctionSpec, loaded: LoadedFunction) -> None:
+        """Fork workers on request until told to stop or the gateway goes away."""
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        gc.freeze()  # keep the imported objects' pages shared with the workers
+        while True:
+            control = self.control.fileno()
+            readable, _, _ = select.select([control, self.wake_r], [], [])
+            if self.wake_r in readable:
+                os.read(self.wake_r, 4096)
+                self.reap()
+            if control in readable and not self.handle_command(spec, loaded):
+                return
+
+    def handle_command(self, spec: FunctionSpec, loaded: LoadedFunction) -> bool:
+        """Act on one control packet; False when the zygote should stop."""
+        packet, fds, _, _ = socket.recv_fds(self.control, MAX_PACKET_BYTES, 1)
+        if not packet:
+            return False
+        message = json.loads(packet)
+        if message["cmd"] == "spawn" and fds:
+            self.spawn(spec, loaded, fds[0], int(message["token"]))
+            return True
+        for fd in fds:
+            os.close(fd)
+        return bool(message["cmd"] != "stop")
+
+    def spawn(self, spec: FunctionSpec, loaded: LoadedFunction, fd: int, token: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker()
+            worker.run(socket.socket(fileno=fd), spec, loaded, parent)
+        os.close(fd)
+        self.children.add(pid)
+        self.send({"event": "spawned", "token": token, "pid": pid})
+
+    def _become_worker(self) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.control.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            with contextlib.suppress(OSError):  # the gateway may be gone; keep reaping
+                self.send({"event": "exited", "pid": pid, "status": status})
+
+    def stop_children(self) -> None:
+        """Workers exit when the gateway closes their sockets; SIGKILL the ones that linger."""
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.01)
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        while self.children:
+            pid, _ = os.waitpid(-1, 0)
+            self.children.discard(pid)
+
+
+def _address_space_mib() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    control_fd, gateway_pid = int(argv[0]), int(argv[1])
+    die_with_parent(gateway_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    zygote = Zygote(socket.socket(fileno=control_fd))
+    loaded = zygote.load()
+    if loaded is None:
+        return exits.EXIT_LOAD_FAILED
+    try:
+        zygote.serve(*loaded)
+    finally:
+        zygote.stop_children()
+    return exits.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,172 @@
+"""The gateway's handle on one zygote process: start it, ask it to fork workers, stop it.
+
+See :mod:`runtime.zygote` for the control messages. Messages from the zygote other than the
+load report (``spawned``, ``exited``, and a synthetic ``lost`` when the zygote's socket
+closes) go to the ``on_event`` callback, from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from registry.specs import FunctionSpec
+from runtime.defaults import LOAD_TIMEOUT_S, STOP_TIMEOUT_S
+from runtime.errors import Unavailable
+from runtime.exits import describe_exit
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+MAX_PACKET_BYTES = 1024 * 1024
+
+ZygoteEvent = dict[str, Any]
+
+
+def function_environment(spec: FunctionSpec) -> dict[str, str]:
+    """The environment of a function's processes: the node's, minus edgefaas' own settings
+    (they hold secrets such as the admin token), plus the function's declared ``env``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFAAS_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p
+    )
+    env.update(spec.env)
+    return env
+
+
+class ZygoteLink:
+    """One zygote process and its control socket."""
+
+    def __init__(self, spec: FunctionSpec, on_event: Callable[[ZygoteEvent], None]) -> None:
+        self.spec = spec
+        self.on_event = on_event
+        self.process: asyncio.subprocess.Process | None = None
+        self.is_async = False
+        self._sock: socket.socket | None = None
+        self._loaded: asyncio.Future[ZygoteEvent] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self._sock is not None
+
+    async def start(self) -> None:
+        """Start the zygote and wait until it has imported the handler.
+
+        Raises :class:`Unavailable` with the function's own error if the import fails.
+        """
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "runtime.zygote",
+                str(theirs.fileno()),
+                str(os.getpid()),
+                pass_fds=[theirs.fileno()],
+                env=function_environment(self.spec),
+                cwd=self.spec.root,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._loaded = loop.create_future()
+        loop.add_reader(ours.fileno(), self._on_readable)
+        ours.send(json.dumps({"cmd": "load", "spec": self.spec.to_dict()}).encode())
+        try:
+            report = await asyncio.wait_for(asyncio.shield(self._loaded), LOAD_TIMEOUT_S)
+        except TimeoutError:
+            await self.kill()
+            raise Unavailable(
+                f"function {self.spec.name}: loading the handler took longer "
+                f"than {LOAD_TIMEOUT_S:g} s"
+            ) from None
+        if report["event"] != "loaded":
+            await self.wait_exit()
+            raise Unavailable(f"function {self.spec.name} cannot start: {report['message']}")
+        self.is_async = bool(report["is_async"])
+
+    def spawn(self, worker_end: socket.socket, token: int) -> None:
+        """Ask for a worker that will serve on ``worker_end`` (sent over with SCM_RIGHTS)."""
+        if self._sock is None:
+            raise Unavailable(f"function {self.spec.name}: its zygote is not running")
+        message = json.dumps({"cmd": "spawn", "token": token}).encode()
+        socket.send_fds(self._sock, [message], [worker_end.fileno()])
+
+    async def stop(self) -> None:
+        """Ask the zygote to stop (it reaps its workers first); SIGKILL if it lingers."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.send(b'{"cmd": "stop"}')
+        try:
+            await asyncio.wait_for(self.wait_exit(), STOP_TIMEOUT_S + 1.0)
+        except TimeoutError:
+            await self.kill()
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGKILL)
+        await self.wait_exit()
+
+    async def wait_exit(self) -> str:
+        """Wait for the zygote to end and return how it ended, in words."""
+        self._close()
+        if self.process is None:
+            return "never started"
+        code = await self.process.wait()
+        return describe_exit(_wait_status(code))
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        while sock is not None:
+            try:
+                packet = sock.recv(MAX_PACKET_BYTES)
+            except BlockingIOError:
+                return
+            except OSError:
+                packet = b""
+            if not packet:
+                self._on_lost()
+                return
+            self._dispatch(json.loads(packet))
+
+    def _dispatch(self, message: ZygoteEvent) -> None:
+        if message["event"] in ("loaded", "load_failed"):
+            if self._loaded is not None and not self._loaded.done():
+                self._loaded.set_result(message)
+            return
+        self.on_event(message)
+
+    def _on_lost(self) -> None:
+        self._close()
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.set_result(
+                {"event": "load_failed", "message": "its zygote process died while loading"}
+            )
+            return
+        self.on_event({"event": "lost"})
+
+
+def _wait_status(returncode: int) -> int:
+    """Turn asyncio's returncode (negative for signals) back into a wait status."""
+    return -returncode if returncode < 0 else returncode << 8

@@ -19,7 +19,7 @@ BACKOFF_S = (0.5, 1.0, 2.0)
 TICK_S = 0.25
 
 # Service-time estimate: exponentially weighted moving average with this weight per call.
-SERVICE_EWMA_WEIGHT = 0.1
+SERVICE_EWMA_WEIGHT = 0.2
 # Assumed service time and spawn time before any were measured.
 INITIAL_SERVICE_S = 0.005
 INITIAL_SPAWN_S = 0.02

@@ -289,6 +289,7 @@ class WarmPool:
         if call.future.done() or link is None:
             return
         link.calls.pop(call.seq, None)
+        self._set_aside(link)
         self.stats.hard_timeouts += 1
         call.fail(
             CallTimedOut(
@@ -297,6 +298,7 @@ class WarmPool:
             )
         )
         link.kill(f"call {call.call_id} ran past its timeout")
+        self._fill()
 
     def _fail_queue(self, failure: RuntimeFailure) -> None:
         while self.queue:
@@ -428,14 +430,20 @@ class WarmPool:
             self._retire(link)
 
     def _retire(self, link: WorkerLink) -> None:
+        """Let ``link`` finish its calls, then close it."""
+        if self._set_aside(link):
+            self.stats.retired += 1
+            if not link.calls:
+                link.close()
+
+    def _set_aside(self, link: WorkerLink) -> bool:
+        """Take ``link`` out of service (DRAINING); False if it already was."""
         if link.phase not in (WorkerPhase.STARTING, WorkerPhase.SERVING):
-            return
+            return False
         link.set_phase(WorkerPhase.DRAINING)
-        self.stats.retired += 1
         if link in self.free:
             self.free.remove(link)
-        if not link.calls:
-            link.close()
+        return True
 
     def _spawn(self) -> None:
         self._tokens += 1

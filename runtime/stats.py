@@ -36,7 +36,10 @@ class PoolStats:
 
     def record_call(self, seconds: float, outcome: int) -> None:
         self.calls += 1
-        self.service_s += SERVICE_EWMA_WEIGHT * (seconds - self.service_s)
+        if self.calls == 1:
+            self.service_s = seconds
+        else:
+            self.service_s += SERVICE_EWMA_WEIGHT * (seconds - self.service_s)
         if outcome == Outcome.OK:
             self.ok += 1
         elif outcome == Outcome.HANDLER_ERROR:

@@ -159,12 +159,14 @@ class ZygoteLink:
 
     def _on_lost(self) -> None:
         self._close()
-        if self._loaded is not None and not self._loaded.done():
+        if self._loaded is None:
+            return
+        if not self._loaded.done():
             self._loaded.set_result(
                 {"event": "load_failed", "message": "its zygote process died while loading"}
             )
-            return
-        self.on_event({"event": "lost"})
+        elif self._loaded.result()["event"] == "loaded":
+            self.on_event({"event": "lost"})  # a load failure was reported already
 
 
 def _wait_status(returncode: int) -> int:

@@ -76,7 +76,7 @@ async def scale_function(request: Request) -> Response:
     pool = _pool(request)
     body = await _json_object(request)
     low, high = _bounds(body, pool.name, pool.max)
-    pool.scale(low, high)
+    pool.scale(low, high, exact="replicas" in body)
     return JSONResponse(
         {"name": pool.name, "min": pool.min, "max": pool.max, "state": pool.state.value},
         status_code=202,

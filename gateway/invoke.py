@@ -32,7 +32,6 @@ from runtime.event import build_header_block
 if TYPE_CHECKING:
     from gateway.node import Node
 
-call_log = logging.getLogger("edgefaas.calls")
 log = logging.getLogger("edgefaas.gateway")
 _CALL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _SERVED_LOCAL = (b"x-served-by", b"local")
@@ -59,7 +58,7 @@ class Invoker:
         self.pools = node.supervisor.pools
         self.metrics = node.metrics
         self.max_body = node.settings.max_body_bytes
-        self.log_calls = node.settings.call_log
+        self.call_log = node.call_log
 
     async def __call__(
         self,
@@ -114,10 +113,8 @@ class Invoker:
         await send({"type": "http.response.body", "body": body})
         if pool is not None:
             self.metrics.observe_call(name, status, elapsed)
-        if self.log_calls:
-            call_log.info(
-                "%s %s %d %.2fms local %s", scope["method"], name, status, elapsed * 1000, call_id
-            )
+        if self.call_log is not None:
+            self.call_log.record(name, status, elapsed, "local", call_id)
 
     def _read_headers(self, headers: list[tuple[bytes, bytes]]) -> tuple[str, int]:
         call_id = ""

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from gateway.auth import load_or_create_token, token_path
+from gateway.calllog import CallLog
 from gateway.invoke import CallIds
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -30,6 +31,7 @@ class Node:
         self.supervisor = Supervisor(specs, observer=self.metrics)
         self.metrics.watch_pools(self.supervisor.snapshot)
         self.call_ids = CallIds()
+        self.call_log = CallLog() if settings.call_log else None
         self.admin_token = ""
         self.started_at = 0.0
         self._open = False
@@ -52,10 +54,14 @@ class Node:
         else:
             self.admin_token = load_or_create_token(self.data_dir)
             log.info("admin token: in %s", token_path(self.data_dir))
+        if self.call_log is not None:
+            self.call_log.start()
         await self.supervisor.start()
 
     async def close(self, force: bool = False) -> None:
         await self.supervisor.close(force=force)
+        if self.call_log is not None:
+            await self.call_log.close()
 
     def info(self) -> dict[str, Any]:
         return {

@@ -146,8 +146,10 @@ class WarmPool:
             task.cancel()
         self._set_state(PoolState.STOPPED)
 
-    def scale(self, min_workers: int, max_workers: int) -> None:
-        """Set new bounds; a FATAL pool is given a fresh start."""
+    def scale(self, min_workers: int, max_workers: int, *, exact: bool = False) -> None:
+        """Set new bounds and retire workers above ``max`` now (above ``min`` too when
+        ``exact``; otherwise those retire after the idle window). A FATAL pool is given a
+        fresh start."""
         if not 0 <= min_workers <= max_workers or max_workers < 1:
             raise ValueError(
                 f"expected 0 ≤ min ≤ max and max ≥ 1, got min={min_workers}, max={max_workers}"
@@ -157,14 +159,16 @@ class WarmPool:
             self.failures = 0
             self._background(self.start())
             return
-        serving = [w for w in self.workers.values() if w.phase is not WorkerPhase.DRAINING]
-        for link in sorted(serving, key=lambda w: len(w.calls))[: max(0, len(serving) - self.max)]:
+        live = [w for w in self.workers.values() if w.phase is not WorkerPhase.DRAINING]
+        keep = self.min if exact else self.max
+        for link in sorted(live, key=lambda w: len(w.calls))[: max(0, len(live) - keep)]:
             self._retire(link)
         self._fill()
 
     def tick(self, now: float) -> None:
-        """Periodic housekeeping: retry after backoff, refill to min, retire idle workers,
-        kill workers whose init hangs."""
+        """Periodic housekeeping: kill workers whose call or init hangs, retry after
+        backoff, refill to min, retire idle workers."""
+        self._kill_overdue()
         if self.state is PoolState.BACKOFF and now >= self.retry_at:
             if self.zygote is None or not self.zygote.alive:
                 self._background(self.start())
@@ -241,9 +245,8 @@ class WarmPool:
         return call
 
     def _dispatch(self, link: WorkerLink, call: Call) -> None:
-        link.send(call)
         call.dispatched_at = time.perf_counter()
-        call.timer = self._loop.call_later(self._hard_timeout_s, self._on_hard_timeout, call)
+        link.send(call)
 
     def _release(self, link: WorkerLink) -> None:
         """A slot on ``link`` came free: give it to the next queued call, or mark it free."""
@@ -284,10 +287,16 @@ class WarmPool:
         if queue:
             self._arm_queue_timer()
 
-    def _on_hard_timeout(self, call: Call) -> None:
-        link = call.worker
-        if call.future.done() or link is None:
-            return
+    def _kill_overdue(self) -> None:
+        """Kill the workers of calls past timeout_s + KILL_GRACE_S (checked every tick, so
+        the kill comes up to TICK_S late; a per-call timer would cost every call ~3 µs)."""
+        started_before = time.perf_counter() - self._hard_timeout_s
+        for link in list(self.workers.values()):
+            for call in list(link.calls.values()):
+                if call.dispatched_at < started_before:
+                    self._on_hard_timeout(link, call)
+
+    def _on_hard_timeout(self, link: WorkerLink, call: Call) -> None:
         link.calls.pop(call.seq, None)
         self._set_aside(link)
         self.stats.hard_timeouts += 1

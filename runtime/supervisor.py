@@ -63,9 +63,6 @@ class Supervisor:
             for pool in self.pools.values()
         )
 
-    def scale(self, name: str, min_workers: int, max_workers: int) -> None:
-        self.pools[name].scale(min_workers, max_workers)
-
     def snapshot(self) -> list[dict[str, Any]]:
         return [pool.snapshot() for pool in self.pools.values()]
 

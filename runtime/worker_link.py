@@ -50,7 +50,6 @@ class Call:
         "future",
         "queued_at",
         "seq",
-        "timer",
         "worker",
     )
 
@@ -65,17 +64,12 @@ class Call:
         self.dispatched_at = 0.0
         self.cold = False
         self.worker: WorkerLink | None = None
-        self.timer: asyncio.TimerHandle | None = None
 
     def finish(self, result: Result) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
         if not self.future.done():
             self.future.set_result(result)
 
     def fail(self, failure: RuntimeFailure) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
         if not self.future.done():
             self.future.set_exception(failure)
 

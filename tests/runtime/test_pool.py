@@ -306,6 +306,9 @@ async def test_scale_changes_bounds_and_rejects_nonsense() -> None:
         await until(lambda: pool.serving_count() == 3, "three workers")
         pool.scale(1, 1)
         await until(lambda: len(pool.workers) == 1, "one worker")
+        pool.scale(0, 4, exact=True)  # replicas: 0 -- scale to zero now, not after idling
+        await until(lambda: len(pool.workers) == 0, "zero workers")
+        assert (await call(pool, body=b"back")).body == b"back"
         with pytest.raises(ValueError, match="min ≤ max"):
             pool.scale(2, 1)
 

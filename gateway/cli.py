@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from gateway import client
 from gateway.errors import GatewayError
-from gateway.settings import Settings, declared, markdown_table, resolve
+from gateway.settings import Settings, declared, markdown_table, resolve, unknown_variables
 from registry.errors import RegistryError
 from registry.manifest import load_manifest
 
@@ -116,6 +116,8 @@ def _up(settings: Settings) -> int:
     path = settings.resolved_manifest()
     manifest = load_manifest(path) if path is not None else None
     log = logging.getLogger("edgefaas.gateway")
+    for name in unknown_variables(os.environ):
+        log.warning("ignoring unknown setting %s", name)
     count = len(manifest.functions) if manifest else 0
     where = f"{path}" if path else "no manifest"
     log.info(

@@ -9,6 +9,7 @@ settings table are all generated from these declarations.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import socket
@@ -24,7 +25,7 @@ UP = ("up",)
 CLIENT = ("invoke", "ls", "scale")
 ENV_PREFIX = "EDGEFAAS_"
 MiB = 1024 * 1024
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def setting(
@@ -42,7 +43,7 @@ class Settings:
     )
     host: str = setting("127.0.0.1", "address the gateway listens on", UP)
     port: int = setting(8080, "port the gateway listens on", UP)
-    node: str = setting("", "this node's name (default: the host name)", UP)
+    node: str = setting("", "this node's name (default: the host name)", UP + CLIENT)
     data_dir: Path | None = setting(
         None,
         "node state: admin token, later bundles (default: ~/.local/share/edgefaas/NODE)",
@@ -154,11 +155,11 @@ def _problem(name: str, value: Any) -> str:
         return "expected a port 0–65535"
     if name == "max_body_bytes" and value < 1:
         return "expected a positive number of bytes"
-    if name == "grace_s" and value < 0:
+    if name == "grace_s" and not 0 <= value < float("inf"):
         return "expected seconds ≥ 0"
     if name == "log_level" and value.lower() not in ("debug", "info", "warning", "error"):
         return "expected debug, info, warning or error"
-    if name == "node" and not _NODE_NAME.match(value):
+    if name == "node" and not _NODE_NAME.fullmatch(value):
         return "expected 1–63 letters, digits, '.', '_' or '-'"
     return ""
 
@@ -172,9 +173,20 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
         if given is not None:
             _check(info.name, given, info.flag or info.name)
             values[info.name] = given
-        elif info.env in environ:
+        elif environ.get(info.env, ""):  # an empty variable counts as unset
             values[info.name] = parse_value(info, environ[info.env], info.env)
     return Settings(**values)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``EDGEFAAS_*`` variables that name no setting (likely typos), with a suggestion."""
+    known = {info.env for info in declared()}
+    found = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            found.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return found
 
 
 def markdown_table() -> str:

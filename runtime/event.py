@@ -154,6 +154,8 @@ class Event:
             return json.loads(self.body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HTTPError(400, "request body is JSON nested too deeply") from None
 
     def __repr__(self) -> str:
         return f"Event({self.method} {self.path}, {len(self.body)} bytes, call_id={self.call_id!r})"

@@ -227,7 +227,7 @@ class WarmPool:
         self, method: bytes, path: bytes, query: bytes, headers: bytes, call_id: str, body: bytes
     ) -> Call:
         """Send a call to a free worker, or queue it; await ``call.future`` for the result."""
-        self._seq += 1
+        self._seq = (self._seq + 1) & 0xFFFFFFFF  # travels as a u32
         frame = encode(Kind.CALL, self._seq, [method, path, query, headers, call_id.encode(), body])
         call = Call(self._seq, call_id, frame, self._loop.create_future())
         free = self.free

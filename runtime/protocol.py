@@ -77,6 +77,8 @@ def _parse(buf: bytes | bytearray | memoryview, start: int) -> tuple[Frame, int]
     end = end_header + payload
     if len(buf) < end:
         return None
+    if 4 * count > payload:
+        raise ProtocolError(f"frame announces {count} fields in a {payload}-byte payload")
     lengths = struct.unpack_from(f"<{count}I", buf, end_header)
     offset = end_header + 4 * count
     fields = []

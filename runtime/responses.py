@@ -70,7 +70,7 @@ def _render_body(value: Any) -> tuple[bytes, bytes | None]:
         return TEXT_TYPE, value.encode("utf-8")
     if isinstance(value, (dict, list)):
         try:
-            return JSON_TYPE, json.dumps(value, separators=(",", ":")).encode()
+            return JSON_TYPE, json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise RenderError(
                 f"handler returned a value that is not JSON-serialisable: {exc}"

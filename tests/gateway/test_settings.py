@@ -163,15 +163,11 @@ def test_invalid_node_names(name: str) -> None:
         resolve({}, {"EDGEFAAS_NODE": name})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: the node name pattern ends in '$', which accepts a trailing newline"
-)
 def test_node_name_with_a_trailing_newline_is_invalid() -> None:
     with pytest.raises(SettingsError):
         resolve({}, {"EDGEFAAS_NODE": "edge\n"})
 
 
-@pytest.mark.xfail(strict=True, reason="bug: grace_s=nan passes the 'seconds ≥ 0' check")
 def test_grace_nan_is_invalid() -> None:
     with pytest.raises(SettingsError, match="EDGEFAAS_GRACE_S: expected seconds ≥ 0"):
         resolve({}, {"EDGEFAAS_GRACE_S": "nan"})

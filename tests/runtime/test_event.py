@@ -125,9 +125,6 @@ def test_json_errors_are_the_callers_fault(body: bytes, message: str) -> None:
     assert info.value.message.startswith(message)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: deeply nested JSON raises RecursionError instead of a 400"
-)
 def test_deeply_nested_json_is_the_callers_fault() -> None:
     with pytest.raises(HTTPError) as info:
         event(b"[" * 100_000 + b"]" * 100_000).json()

@@ -130,11 +130,6 @@ def test_length_table_running_into_the_next_frame_is_refused() -> None:
         FrameDecoder().feed(data + encode(Kind.CALL, 2, [b"next"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a length table longer than the payload at the end of the buffer raises "
-    "struct.error, not ProtocolError",
-)
 def test_length_table_longer_than_the_payload_is_a_protocol_error() -> None:
     data = HEADER.pack(0, Kind.CALL, 1, 1)
 

@@ -162,10 +162,6 @@ def test_value_that_is_not_json_serialisable(value: Any) -> None:
         render(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: NaN/Infinity render as a body that is not JSON under application/json",
-)
 @pytest.mark.parametrize("number", [float("nan"), float("inf")])
 def test_non_finite_float_is_not_json_serialisable(number: float) -> None:
     with pytest.raises(RenderError, match="not JSON-serialisable"):

@@ -13,7 +13,6 @@ the manifest's folder and may not leave it. Every problem raises :class:`Manifes
 from __future__ import annotations
 
 import difflib
-import json
 import keyword
 import math
 import re
@@ -22,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-
 from registry import defaults
 from registry.errors import ManifestError
 from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, Manifest, PoolSpec
+from registry.yamltree import YamlTree, join_path, show_value
 
 _TOP_KEYS = ("version", "defaults", "functions")
 _DEFAULT_KEYS = ("pool", "timeout_s", "memory_mb", "env")
@@ -34,17 +32,11 @@ _FUNCTION_ONLY_KEYS = ("handler", "triggers", "files")
 _FUNCTION_KEYS = ("handler", "triggers", *_DEFAULT_KEYS, "files")
 _POOL_KEYS = ("min", "max", "concurrency", "queue_max", "max_queue_wait_ms", "idle_timeout_s")
 _MAX_CONCURRENCY = 1000
-# Expanding aliases can blow a small file up exponentially; real manifests stay far below this.
-_MAX_NODES = 100_000
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_ENV_PREFIX = "EDGEFAAS_"
 _HANDLER_FORMS = '"path/to/file.py:function" or "dotted.module:function"'
-_MAP_TAG = "tag:yaml.org,2002:map"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
-_STR_TAG = "tag:yaml.org,2002:str"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 _BUILTIN_SETTINGS: dict[str, object] = {
     "timeout_s": defaults.TIMEOUT_S,
@@ -82,115 +74,14 @@ def parse_manifest(text: str, source: str, base_dir: Path) -> Manifest:
 
 
 def _parse(text: str, source: str, manifest_path: Path) -> Manifest:
-    tree = _Tree(source)
+    tree = YamlTree(source)
     document = tree.build(text)
     checker = _Checker(source, manifest_path.parent, tree.lines)
     return Manifest(manifest_path, checker.functions(document))
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _show(value: object) -> str:
-    """The value as YAML or JSON would print it; containers by kind only."""
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None or isinstance(value, str | bool | int | float):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
-def _tag(node: yaml.Node) -> str:
-    return node.tag.replace("tag:yaml.org,2002:", "!!")
-
-
 def _is_identifier(text: str) -> bool:
     return text.isidentifier() and not keyword.iskeyword(text)
-
-
-class _Tree:
-    """Builds plain values from the YAML node tree, recording the line of every key path."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.lines: dict[str, int] = {}
-        self._open: set[int] = set()
-        self._count = 0
-        self._scalars = yaml.SafeLoader("")  # resolves and constructs scalar nodes only
-
-    def build(self, text: str) -> object:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-            if root is None:
-                raise ManifestError(
-                    self.source, "", "the manifest is empty; expected version and functions"
-                )
-            return self._value(root, "", root.start_mark.line + 1)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else None
-            problem = ", ".join(part for part in (exc.context, exc.problem) if part)
-            raise ManifestError(self.source, "", f"invalid YAML: {problem}", line) from exc
-        except yaml.YAMLError as exc:
-            raise ManifestError(self.source, "", f"invalid YAML: {exc}") from exc
-        except RecursionError as exc:
-            raise ManifestError(self.source, "", "invalid YAML: nested too deeply") from exc
-
-    def _error(self, node: yaml.Node, path: str, problem: str) -> ManifestError:
-        return ManifestError(self.source, path, problem, node.start_mark.line + 1)
-
-    def _value(self, node: yaml.Node, path: str, line: int) -> object:
-        self.lines[path] = line
-        self._count += 1
-        if self._count > _MAX_NODES:
-            raise self._error(node, path, f"too many values (more than {_MAX_NODES})")
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
-        if id(node) in self._open:
-            raise self._error(node, path, "an alias refers to a value that contains it")
-        self._open.add(id(node))
-        try:
-            if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
-                return self._mapping(node, path)
-            if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
-                items = enumerate(node.value)
-                return [self._value(v, f"{path}[{i}]", v.start_mark.line + 1) for i, v in items]
-            raise self._error(node, path, f"unsupported YAML tag {_tag(node)}")
-        finally:
-            self._open.discard(id(node))
-
-    def _mapping(self, node: yaml.MappingNode, path: str) -> dict[str, object]:
-        result: dict[str, object] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise self._error(key_node, path, "expected a plain key, not a list or mapping")
-            if key_node.tag == _MERGE_TAG:
-                raise self._error(key_node, path, 'merge keys ("<<") are not supported')
-            key = key_node.value
-            key_path = _join(path, key)
-            if key in result:
-                first = self.lines[key_path]
-                problem = f"duplicate key {_show(key)}, first given on line {first}"
-                raise self._error(key_node, key_path, problem)
-            result[key] = self._value(value_node, key_path, key_node.start_mark.line + 1)
-        return result
-
-    def _scalar(self, node: yaml.ScalarNode, path: str) -> object:
-        # Only the tag an untagged scalar would get, or !!str, is allowed: explicit tags such as
-        # "!!bool maybe" make PyYAML's constructors raise KeyError, TypeError and the like.
-        plain = node.style is None
-        implicit = self._scalars.resolve(  # type: ignore[no-untyped-call]
-            yaml.ScalarNode, node.value, (plain, not plain)
-        )
-        if node.tag not in (implicit, _STR_TAG):
-            raise self._error(node, path, f"unsupported YAML tag {_tag(node)}")
-        try:
-            return self._scalars.construct_object(node)
-        except ValueError as exc:  # e.g. a date that does not exist, "2024-13-45"
-            raise self._error(node, path, f"invalid value {_show(node.value)}: {exc}") from exc
 
 
 class _Given(NamedTuple):
@@ -231,7 +122,7 @@ class _Checker:
         return ManifestError(self.source, path, problem, self.lines.get(at))
 
     def invalid(self, path: str, expected: str, value: object) -> ManifestError:
-        return self.error(path, f"expected {expected}, got {_show(value)}")
+        return self.error(path, f"expected {expected}, got {show_value(value)}")
 
     # -- the document ---------------------------------------------------------------------
 
@@ -266,7 +157,7 @@ class _Checker:
         path = f"functions.{name}"
         if not _NAME.fullmatch(name):
             rule = "lower case letters, digits, _ and -, starting with a letter, at most 63"
-            raise self.error(path, f"invalid function name {_show(name)}: expected {rule}")
+            raise self.error(path, f"invalid function name {show_value(name)}: expected {rule}")
         block = self.mapping(value, path)
         self.check_keys(block, path, _FUNCTION_KEYS)
         handler, root = self.handler(self.require(block, "handler", path), f"{path}.handler")
@@ -353,7 +244,9 @@ class _Checker:
             key_path = f"{path}.{key}"
             if not _ENV_KEY.fullmatch(key):
                 rule = "letters, digits and _, not starting with a digit"
-                raise self.error(key_path, f"invalid variable name {_show(key)}: expected {rule}")
+                raise self.error(
+                    key_path, f"invalid variable name {show_value(key)}: expected {rule}"
+                )
             if key.startswith(_RESERVED_ENV_PREFIX):
                 raise self.error(key_path, f"{_RESERVED_ENV_PREFIX}* names are reserved")
             env[key] = self.env_value(item, key_path)
@@ -375,7 +268,7 @@ class _Checker:
         if target.endswith(".py") and _is_identifier(attr):
             file = self.inside(target, path, "handler file")
             if not file.is_file():
-                raise self.error(path, f"handler file {_show(target)} is not a file")
+                raise self.error(path, f"handler file {show_value(target)} is not a file")
             return HandlerRef("file", str(file), attr), file.parent
         parts = target.split(".")
         if all(_is_identifier(part) for part in parts) and _is_identifier(attr):
@@ -388,7 +281,9 @@ class _Checker:
         for i, trigger in enumerate(triggers):
             owner = self.trigger_owners.setdefault(trigger.path, function)
             if owner != function or trigger.path in [t.path for t in triggers[:i]]:
-                claimed = f"{_show(trigger.path)} is already the trigger path of function {owner}"
+                claimed = (
+                    f"{show_value(trigger.path)} is already the trigger path of function {owner}"
+                )
                 raise self.error(f"{path}[{i}].http.path", claimed)
         return triggers
 
@@ -408,7 +303,7 @@ class _Checker:
         text = self.string(value, path, 'a URL path such as "/echo"')
         problem = _path_problem(text)
         if problem:
-            raise self.error(path, f"{_show(text)} {problem}")
+            raise self.error(path, f"{show_value(text)} {problem}")
         return text
 
     def methods(self, value: object, path: str) -> tuple[str, ...]:
@@ -424,7 +319,7 @@ class _Checker:
                 )
             name = item.upper()
             if name in methods:
-                raise self.error(f"{path}[{i}]", f"duplicate method {_show(name)}")
+                raise self.error(f"{path}[{i}]", f"duplicate method {show_value(name)}")
             methods.append(name)
         return tuple(methods)
 
@@ -441,12 +336,12 @@ class _Checker:
             resolved = (self.base / relative).resolve()
             exists = resolved.exists()
         except (OSError, RuntimeError, ValueError) as exc:
-            raise self.error(path, f"{what} {_show(relative)} is not a usable path") from exc
+            raise self.error(path, f"{what} {show_value(relative)} is not a usable path") from exc
         if not resolved.is_relative_to(self.base):
             where = f"outside the manifest's folder {self.base}"
-            raise self.error(path, f"{what} {_show(relative)} is {where}")
+            raise self.error(path, f"{what} {show_value(relative)} is {where}")
         if not exists:
-            raise self.error(path, f"{what} {_show(relative)} does not exist")
+            raise self.error(path, f"{what} {show_value(relative)} does not exist")
         return resolved
 
     # -- shapes and scalars ---------------------------------------------------------------
@@ -457,11 +352,11 @@ class _Checker:
                 close = difflib.get_close_matches(key, allowed, n=1)
                 known = f"expected one of {', '.join(allowed)}"
                 hint = f'did you mean "{close[0]}"?' if close else known
-                raise self.error(_join(path, key), f"unknown key {_show(key)}; {hint}")
+                raise self.error(join_path(path, key), f"unknown key {show_value(key)}; {hint}")
 
     def require(self, block: dict[str, object], key: str, path: str) -> object:
         if key not in block:
-            raise self.error(_join(path, key), "required key is missing")
+            raise self.error(join_path(path, key), "required key is missing")
         return block[key]
 
     def mapping(self, value: object, path: str, expected: str = "a mapping") -> dict[str, object]:

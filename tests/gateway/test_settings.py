@@ -246,6 +246,5 @@ def test_markdown_table_rows() -> None:
     ) in lines
 
 
-@pytest.mark.xfail(strict=False, reason="README settings table not written yet")
 def test_readme_holds_the_settings_table() -> None:
     assert markdown_table() in README.read_text()

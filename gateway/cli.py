@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import client
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UsageError
 from gateway.settings import Settings, declared, markdown_table, resolve, unknown_variables
 from registry.errors import RegistryError
 from registry.manifest import load_manifest
@@ -102,10 +102,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _scale_body(args: argparse.Namespace) -> dict[str, int]:
     if args.replicas is not None:
         if args.min_workers is not None or args.max_workers is not None:
-            raise client.ClientError("give --replicas, or --min and --max, not both")
+            raise UsageError("scale: give --replicas, or --min and --max, not both")
         return {"replicas": args.replicas}
     if args.min_workers is None or args.max_workers is None:
-        raise client.ClientError("give --replicas N, or both --min A and --max B")
+        raise UsageError("scale: give --replicas N, or both --min A and --max B")
     return {"min": args.min_workers, "max": args.max_workers}
 
 

@@ -59,6 +59,12 @@ class Forbidden(GatewayError):
     code = "forbidden"
 
 
+class UsageError(GatewayError):
+    """The command line asks for something that makes no sense (exit code 2)."""
+
+    code = "usage"
+
+
 class SettingsError(GatewayError):
     """A flag or environment variable has a bad value (raised before the node starts)."""
 

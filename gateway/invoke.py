@@ -8,6 +8,7 @@ and writes it with ``X-Call-Id``, ``X-Served-By`` and ``X-Duration-Seconds``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -26,14 +27,15 @@ from gateway.errors import (
     error_response,
     internal_error_response,
 )
-from runtime.errors import RuntimeFailure
+from runtime.errors import RuntimeFailure, Unavailable
 from runtime.event import build_header_block
 
 if TYPE_CHECKING:
     from gateway.node import Node
 
 log = logging.getLogger("edgefaas.gateway")
-_CALL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_CUT_OFF = "the node is stopping and its grace period ended before the call finished"
 _SERVED_LOCAL = (b"x-served-by", b"local")
 
 
@@ -100,9 +102,25 @@ class Invoker:
             headers = _split_headers(result.headers)
         except (GatewayError, RuntimeFailure) as exc:
             status, headers, body = error_response(exc)
+        except asyncio.CancelledError:  # the node's grace period ended during the call
+            status, headers, body = error_response(Unavailable(_CUT_OFF))
+            await self._respond(send, name, call_id, started, status, headers, body)
+            raise
         except Exception:
             log.exception("call to %s failed inside the gateway", name)
             status, headers, body = internal_error_response()
+        await self._respond(send, name, call_id, started, status, headers, body)
+
+    async def _respond(
+        self,
+        send: Send,
+        name: str,
+        call_id: str,
+        started: float,
+        status: int,
+        headers: Headers,
+        body: bytes,
+    ) -> None:
         call_id = call_id or self.node.call_ids.next()
         elapsed = time.perf_counter() - started
         headers.append((b"content-length", b"%d" % len(body)))
@@ -111,7 +129,7 @@ class Invoker:
         headers.append((b"x-duration-seconds", b"%.6f" % elapsed))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        if pool is not None:
+        if name in self.pools:
             self.metrics.observe_call(name, status, elapsed)
         if self.call_log is not None:
             self.call_log.record(name, status, elapsed, "local", call_id)
@@ -124,16 +142,18 @@ class Invoker:
                 length = _content_length(value)
             elif key == b"x-call-id":
                 call_id = value.decode("latin-1")
-                if not _CALL_ID.match(call_id):
+                if not _CALL_ID.fullmatch(call_id):
                     raise BadRequest("X-Call-Id: expected 1–64 characters from A–Z a–z 0–9 . _ : -")
         return call_id or self.node.call_ids.next(), length
 
     async def _read_body(self, receive: Receive) -> bytes:
+        """The whole body, refused with 413 as soon as it passes the limit."""
         message = await receive()
         body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            if len(body) > self.max_body:
-                raise PayloadTooLarge(self._too_large(len(body)))
+        more = message.get("more_body", False)
+        if len(body) > self.max_body:
+            raise PayloadTooLarge(self._too_large(len(body), streamed=more))
+        if not more:
             return body
         chunks = [body]
         size = len(body)

@@ -85,7 +85,8 @@ def _user_frame(exc: BaseException, root: Path) -> str:
         return f"{_short(exc.filename, root)}, line {exc.lineno}"
     frames = traceback.extract_tb(exc.__traceback__)
     own = [f for f in frames if _is_under(f.filename, root)]
-    chosen = own[-1] if own else (frames[-1] if frames else None)
+    real = [f for f in frames if not f.filename.startswith("<")]  # skip <frozen importlib...>
+    chosen = own[-1] if own else (real[-1] if real else None)
     if chosen is None:
         return ""
     return f"{_short(chosen.filename, root)}, line {chosen.lineno}"

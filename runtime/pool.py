@@ -130,8 +130,12 @@ class WarmPool:
             return
         self._set_state(PoolState.STOPPING)
         self._fail_queue(Unavailable(f"function {self.name} is stopping"))
+        stopping = Unavailable(f"function {self.name} stopped: the node is shutting down")
         for link in list(self.workers.values()):
             if force:
+                for call in link.calls.values():
+                    call.fail(stopping)
+                link.calls.clear()
                 link.kill("the node is stopping")
             else:
                 self._retire(link)
@@ -398,7 +402,7 @@ class WarmPool:
             link = self._by_pid.pop(int(event["pid"]), None)
             if link is not None and not link.exit_status.done():
                 link.exit_status.set_result(int(event["status"]))
-        elif kind == "lost" and self.state not in (PoolState.STOPPING, PoolState.STOPPED):
+        elif kind == "lost" and self.state in (PoolState.RUNNING, PoolState.BACKOFF):
             self._background(self._on_zygote_lost())
 
     async def _on_zygote_lost(self) -> None:

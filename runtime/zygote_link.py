@@ -90,12 +90,11 @@ class ZygoteLink:
         except TimeoutError:
             await self.kill()
             raise Unavailable(
-                f"function {self.spec.name}: loading the handler took longer "
-                f"than {LOAD_TIMEOUT_S:g} s"
+                f"loading the handler took longer than {LOAD_TIMEOUT_S:g} s"
             ) from None
         if report["event"] != "loaded":
             await self.wait_exit()
-            raise Unavailable(f"function {self.spec.name} cannot start: {report['message']}")
+            raise Unavailable(str(report["message"]))
         self.is_async = bool(report["is_async"])
 
     def spawn(self, worker_end: socket.socket, token: int) -> None:

@@ -15,6 +15,10 @@ EXIT_STATUS_WAIT_S = 0.5
 # after len(BACKOFF_S) consecutive failures the pool is FATAL.
 BACKOFF_S = (0.5, 1.0, 2.0)
 
+# Sync workers hold one pipelined call besides the running one while the pool's recent
+# service time is below this (see runtime/dispatcher.py).
+PIPELINE_MAX_SERVICE_S = 0.002
+
 # The supervisor's periodic tick: scale down idle workers, refill to min, retry backoffs.
 TICK_S = 0.25
 

@@ -1,4 +1,5 @@
-"""A warm pool: one function's zygote, its workers, its wait queue and its admission rule.
+"""A warm pool: one function's zygote and workers — their lifecycle, scaling, failures and
+the admission rule. Which worker gets which call is the :class:`Dispatcher`'s job.
 
 Everything here runs on the gateway's event loop and is driven by callbacks: when a worker
 answers, the next queued call is written to it in the same callback, so a busy worker never
@@ -9,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import socket
 import time
-from collections import deque
 from collections.abc import Coroutine
-from enum import Enum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from registry.specs import FunctionSpec
 from runtime import autoscaler
+from runtime.admission import FREE, Admission, Verdict
 from runtime.defaults import (
     BACKOFF_S,
     EXIT_STATUS_WAIT_S,
@@ -26,7 +25,8 @@ from runtime.defaults import (
     KILL_GRACE_S,
     STOP_TIMEOUT_S,
 )
-from runtime.errors import CallTimedOut, Overloaded, RuntimeFailure, Unavailable, WorkerCrashed
+from runtime.dispatcher import Dispatcher
+from runtime.errors import CallTimedOut, Unavailable, WorkerCrashed
 from runtime.exits import EXIT_INIT_FAILED, describe_exit
 from runtime.protocol import Kind, encode
 from runtime.states import PoolState, WorkerPhase, check_pool
@@ -35,35 +35,6 @@ from runtime.worker_link import Call, Result, WorkerLink
 from runtime.zygote_link import ZygoteEvent, ZygoteLink
 
 log = logging.getLogger("edgefaas.runtime")
-
-
-class Verdict(Enum):
-    """The admission decision for one call (the single place later routing hooks into)."""
-
-    FREE_WORKER = "free_worker"
-    QUEUE_OK = "queue_ok"
-    QUEUE_FULL = "queue_full"
-    WAIT_TOO_LONG = "wait_too_long"
-    UNAVAILABLE = "unavailable"
-
-
-class Admission(NamedTuple):
-    verdict: Verdict
-    wait_s: float = 0.0
-    message: str = ""
-
-    @property
-    def admitted(self) -> bool:
-        return self.verdict in (Verdict.FREE_WORKER, Verdict.QUEUE_OK)
-
-    def failure(self) -> RuntimeFailure:
-        """The error a caller gets when the call is not admitted (and not sent elsewhere)."""
-        if self.verdict is Verdict.UNAVAILABLE:
-            return Unavailable(self.message)
-        return Overloaded(self.message, max(1, math.ceil(self.wait_s)), self.verdict.value)
-
-
-_FREE = Admission(Verdict.FREE_WORKER)
 
 
 class PoolObserver(Protocol):
@@ -87,9 +58,8 @@ class WarmPool:
         self.state = PoolState.STOPPED
         self.stats = PoolStats()
         self.zygote: ZygoteLink | None = None
-        self.workers: dict[int, WorkerLink] = {}
-        self.free: list[WorkerLink] = []
-        self.queue: deque[Call] = deque()
+        self.dispatch = Dispatcher(spec.name, spec.pool.max_queue_wait_ms, self.stats)
+        self.workers = self.dispatch.links  # every worker not yet gone, by spawn token
         self.failures = 0
         self.retry_at = 0.0
         self.last_error: dict[str, Any] | None = None
@@ -98,7 +68,6 @@ class WarmPool:
         self._seq = 0
         self._tokens = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._queue_timer: asyncio.TimerHandle | None = None
         self._max_wait_s = spec.pool.max_queue_wait_ms / 1000
         self._hard_timeout_s = spec.timeout_s + KILL_GRACE_S
 
@@ -120,6 +89,7 @@ class WarmPool:
             await zygote.stop()
             return
         self.concurrency = self.spec.pool.concurrency if zygote.is_async else 1
+        self.dispatch.concurrency = self.concurrency
         self._set_state(PoolState.RUNNING)
         self._fill()
 
@@ -129,7 +99,7 @@ class WarmPool:
         if self.state in (PoolState.STOPPING, PoolState.STOPPED):
             return
         self._set_state(PoolState.STOPPING)
-        self._fail_queue(Unavailable(f"function {self.name} is stopping"))
+        self.dispatch.fail_queue(Unavailable(f"function {self.name} is stopping"))
         stopping = Unavailable(f"function {self.name} stopped: the node is shutting down")
         for link in list(self.workers.values()):
             if force:
@@ -172,7 +142,8 @@ class WarmPool:
     def tick(self, now: float) -> None:
         """Periodic housekeeping: kill workers whose call or init hangs, retry after
         backoff, refill to min, retire idle workers."""
-        self._kill_overdue()
+        for link, call in self.dispatch.overdue(self._hard_timeout_s):
+            self._on_hard_timeout(link, call)
         if self.state is PoolState.BACKOFF and now >= self.retry_at:
             if self.zygote is None or not self.zygote.alive:
                 self._background(self.start())
@@ -191,21 +162,21 @@ class WarmPool:
 
     def admit(self) -> Admission:
         """Decide whether a call can be served here, and how long it would wait."""
-        if self.free:
-            return _FREE
+        if self.dispatch.free:
+            return FREE
         state = self.state
         if state in (PoolState.STOPPING, PoolState.STOPPED):
             return Admission(Verdict.UNAVAILABLE, message=f"function {self.name} is stopping")
         if state in (PoolState.BACKOFF, PoolState.FATAL) and not self.serving_count():
             return Admission(Verdict.UNAVAILABLE, message=self._unavailable_message())
         wait_s = self.estimate_wait_s()
-        if len(self.queue) >= self.spec.pool.queue_max:
+        queued = len(self.dispatch.queue)
+        if queued >= self.spec.pool.queue_max:
             self.stats.saturated += 1
             return Admission(
                 Verdict.QUEUE_FULL,
                 wait_s,
-                f"function {self.name} is saturated: {len(self.queue)} calls "
-                "already wait for a worker",
+                f"function {self.name} is saturated: {queued} calls already wait for a worker",
             )
         if wait_s > self._max_wait_s:
             self.stats.saturated += 1
@@ -223,85 +194,30 @@ class WarmPool:
         a fork when no worker is serving yet."""
         slots = self.serving_count() * self.concurrency
         service_s = self.stats.service_s
+        queued = len(self.dispatch.queue)
         if slots == 0:
-            return self.stats.spawn_p50_s() + len(self.queue) * service_s
-        return (len(self.queue) + 1) * service_s / slots
+            return self.stats.spawn_p50_s() + queued * service_s
+        return (queued + 1) * service_s / slots
 
     def submit(
         self, method: bytes, path: bytes, query: bytes, headers: bytes, call_id: str, body: bytes
     ) -> Call:
-        """Send a call to a free worker, or queue it; await ``call.future`` for the result."""
+        """Send a call to a worker, or queue it; await ``call.future`` for the result."""
         self._seq = (self._seq + 1) & 0xFFFFFFFF  # travels as a u32
         frame = encode(Kind.CALL, self._seq, [method, path, query, headers, call_id.encode(), body])
         call = Call(self._seq, call_id, frame, self._loop.create_future())
-        free = self.free
-        if free:
-            link = free[-1]
-            self._dispatch(link, call)
-            if len(link.calls) >= self.concurrency:
-                free.pop()
-            return call
-        call.cold = self.serving_count() == 0
-        self.queue.append(call)
-        if self._queue_timer is None:
-            self._arm_queue_timer()
-        self._fill()
+        if not self.dispatch.offer(call):
+            call.cold = self.serving_count() == 0
+            self.dispatch.enqueue(call)
+            if len(self.workers) < self.max:
+                self._fill()
         return call
 
-    def _dispatch(self, link: WorkerLink, call: Call) -> None:
-        call.dispatched_at = time.perf_counter()
-        link.send(call)
-
-    def _release(self, link: WorkerLink) -> None:
-        """A slot on ``link`` came free: give it to the next queued call, or mark it free."""
-        if link.phase is not WorkerPhase.SERVING:
-            if link.phase is WorkerPhase.DRAINING and not link.calls:
-                link.close()
-            return
-        if self.queue:
-            self._dispatch(link, self.queue.popleft())
-            return
-        if len(link.calls) == self.concurrency - 1:
-            self.free.append(link)
-        if not link.calls:
-            link.idle_since = time.monotonic()
-
-    def _arm_queue_timer(self) -> None:
-        head = self.queue[0]
-        delay = head.queued_at + self._max_wait_s - time.perf_counter()
-        self._queue_timer = self._loop.call_later(max(0.0, delay), self._on_queue_timer)
-
-    def _on_queue_timer(self) -> None:
-        """Refuse queued calls that have waited longer than max_queue_wait_ms. The queue is
-        FIFO and every call has the same budget, so only the head needs a timer."""
-        self._queue_timer = None
-        limit = time.perf_counter() - self._max_wait_s
-        queue = self.queue
-        while queue and queue[0].queued_at <= limit:
-            call = queue.popleft()
-            self.stats.saturated += 1
-            call.fail(
-                Overloaded(
-                    f"function {self.name}: no worker came free within "
-                    f"{self.spec.pool.max_queue_wait_ms} ms",
-                    1,
-                    "queue_timeout",
-                )
-            )
-        if queue:
-            self._arm_queue_timer()
-
-    def _kill_overdue(self) -> None:
-        """Kill the workers of calls past timeout_s + KILL_GRACE_S (checked every tick, so
-        the kill comes up to TICK_S late; a per-call timer would cost every call ~3 µs)."""
-        started_before = time.perf_counter() - self._hard_timeout_s
-        for link in list(self.workers.values()):
-            for call in list(link.calls.values()):
-                if call.dispatched_at < started_before:
-                    self._on_hard_timeout(link, call)
-
     def _on_hard_timeout(self, link: WorkerLink, call: Call) -> None:
-        link.calls.pop(call.seq, None)
+        if self.concurrency == 1:
+            self.dispatch.take_running(link)  # ``call``; the ones behind it go back to the queue
+        else:
+            link.calls.pop(call.seq, None)  # the others die with the worker (502)
         self._set_aside(link)
         self.stats.hard_timeouts += 1
         call.fail(
@@ -312,10 +228,6 @@ class WarmPool:
         )
         link.kill(f"call {call.call_id} ran past its timeout")
         self._fill()
-
-    def _fail_queue(self, failure: RuntimeFailure) -> None:
-        while self.queue:
-            self.queue.popleft().fail(failure)
 
     # ---------------------------------------------------------------- worker events
 
@@ -328,11 +240,7 @@ class WarmPool:
         if self.observer is not None:
             self.observer.worker_spawned(self.name, spawn_s)
         self.failures = 0
-        link.idle_since = time.monotonic()
-        while self.queue and len(link.calls) < self.concurrency:
-            self._dispatch(link, self.queue.popleft())
-        if len(link.calls) < self.concurrency:
-            self.free.append(link)
+        self.dispatch.release(link)
 
     def on_worker_init_failed(self, link: WorkerLink, message: str, trace: str) -> None:
         link.failure_reported = True
@@ -342,21 +250,21 @@ class WarmPool:
 
     def on_result(self, link: WorkerLink, call: Call, result: Result) -> None:
         call.finish(result)
-        now = time.perf_counter()
-        self.stats.record_call(now - call.dispatched_at, result.outcome)
+        self.stats.record_call(self.dispatch.finished(link, call), result.outcome)
         if call.cold and self.observer is not None:
-            self.observer.cold_start(self.name, now - call.queued_at)
-        self._release(link)
+            self.observer.cold_start(self.name, time.perf_counter() - call.queued_at)
+        if link.phase is WorkerPhase.SERVING:
+            self.dispatch.release(link)
+        elif link.phase is WorkerPhase.DRAINING and not link.calls:
+            link.close()
 
     def on_worker_lost(self, link: WorkerLink) -> None:
         was = link.phase
         if was is not WorkerPhase.STOPPED:
             link.set_phase(WorkerPhase.STOPPED)
         self.workers.pop(link.token, None)
-        if link in self.free:
-            self.free.remove(link)
-        calls = list(link.calls.values())
-        link.calls.clear()
+        self.dispatch.withdraw(link)
+        calls = self.dispatch.take_running(link)
         if calls or (was is WorkerPhase.STARTING and not link.failure_reported):
             self._background(self._report_loss(link, calls, was))
         if self.state is PoolState.RUNNING:
@@ -420,7 +328,7 @@ class WarmPool:
         if self.state is not PoolState.RUNNING:
             return
         live = 0
-        demand = len(self.queue)
+        demand = len(self.dispatch.queue)
         for link in self.workers.values():
             if link.phase in (WorkerPhase.STARTING, WorkerPhase.SERVING):
                 live += 1
@@ -435,7 +343,7 @@ class WarmPool:
             for w in self.workers.values()
             if w.phase in (WorkerPhase.STARTING, WorkerPhase.SERVING)
         )
-        idle = [w for w in self.free if not w.calls]
+        idle = [w for w in self.dispatch.free if not w.calls]
         count = autoscaler.retirable(
             [now - w.idle_since for w in idle], live, self.min, self.spec.pool.idle_timeout_s
         )
@@ -454,8 +362,7 @@ class WarmPool:
         if link.phase not in (WorkerPhase.STARTING, WorkerPhase.SERVING):
             return False
         link.set_phase(WorkerPhase.DRAINING)
-        if link in self.free:
-            self.free.remove(link)
+        self.dispatch.withdraw(link)
         return True
 
     def _spawn(self) -> None:
@@ -507,7 +414,7 @@ class WarmPool:
             self._set_state(PoolState.BACKOFF)
             self.retry_at = time.monotonic() + delay
         if not self.serving_count():
-            self._fail_queue(Unavailable(self._unavailable_message()))
+            self.dispatch.fail_queue(Unavailable(self._unavailable_message()))
 
     def _unavailable_message(self) -> str:
         error = self.last_error["message"] if self.last_error else "unknown error"
@@ -550,7 +457,7 @@ class WarmPool:
             "worker_pids": sorted(w.pid for w in self.workers.values() if w.pid),
             "zygote_pid": self.zygote.pid if self.zygote else None,
             "in_flight": sum(len(w.calls) for w in self.workers.values()),
-            "queue_depth": len(self.queue),
+            "queue_depth": len(self.dispatch.queue),
             "counters": self.stats.to_dict(),
             "last_error": self.last_error,
         }

@@ -97,6 +97,8 @@ class WorkerLink(asyncio.Protocol):
         self.calls: dict[int, Call] = {}
         self.requested_at = time.perf_counter()
         self.idle_since = time.monotonic()
+        self.head_started_at = 0.0  # when the oldest call in ``calls`` started running
+        self.in_free = False  # listed in the dispatcher's free list
         self.exit_status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.kill_reason = ""
         # Set when this worker's failure to start was already counted against the pool.

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from registry.specs import FunctionSpec, HandlerRef, PoolSpec
+from runtime.admission import Verdict
 from runtime.errors import CallTimedOut, Overloaded, WorkerCrashed
-from runtime.pool import Verdict, WarmPool
+from runtime.pool import WarmPool
 from runtime.protocol import Outcome
 from runtime.states import PoolState
 from runtime.supervisor import Supervisor
@@ -335,3 +336,69 @@ async def test_stopping_leaves_no_process_behind() -> None:
         assert all(alive(pid) for pid in pids)
     await until(lambda: not any(alive(pid) for pid in pids), "every process to end")
     assert pool.state is PoolState.STOPPED
+
+
+async def short_calls_taught(pool: WarmPool) -> None:
+    """Teach the pool that its calls are short, so that it pipelines."""
+    for _ in range(5):
+        await call(pool, "do=whoami")
+    assert pool.dispatch.depth() == 2
+
+
+async def test_short_calls_are_pipelined_into_busy_workers_only() -> None:
+    async with running(make_spec("misbehave", min=2, max=2)) as pool:
+        await until(lambda: pool.serving_count() == 2, "two workers")
+        await short_calls_taught(pool)
+        first = asyncio.ensure_future(call(pool, "do=sleep&ms=300"))
+        second = asyncio.ensure_future(call(pool, "do=sleep&ms=300"))
+        await asyncio.sleep(0.05)
+        assert sorted(len(w.calls) for w in pool.workers.values()) == [1, 1], (
+            "an idle worker must be used before pipelining"
+        )
+        third = asyncio.ensure_future(call(pool, "do=whoami"))
+        await asyncio.sleep(0.02)
+        assert sorted(len(w.calls) for w in pool.workers.values()) == [1, 2]
+        assert len(pool.dispatch.queue) == 0
+        assert {r.status for r in await asyncio.gather(first, second, third)} == {200}
+
+
+async def test_long_calls_are_not_pipelined() -> None:
+    async with running(make_spec("sleep_for", min=1, max=1)) as pool:
+        await until(lambda: pool.serving_count() == 1, "the worker")
+        await call(pool, "ms=50")  # 50 ms is far above the pipelining threshold
+        assert pool.dispatch.depth() == 1
+        calls = [asyncio.ensure_future(call(pool, "ms=200")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert len(pool.dispatch.queue) == 1
+        await asyncio.gather(*calls)
+
+
+async def test_a_call_pipelined_behind_a_crash_is_run_elsewhere_not_failed() -> None:
+    async with running(make_spec("misbehave", min=1, max=1)) as pool:
+        await until(lambda: pool.serving_count() == 1, "the worker")
+        await short_calls_taught(pool)
+        crashing = asyncio.ensure_future(call(pool, "do=segfault"))
+        behind = asyncio.ensure_future(call(pool, "do=whoami"))
+        await asyncio.sleep(0)
+        assert [len(w.calls) for w in pool.workers.values()] == [2]
+        with pytest.raises(WorkerCrashed):
+            await crashing
+        assert (await behind).status == 200
+        assert pool.stats.crashes == 1
+
+
+async def test_a_call_pipelined_behind_a_hung_call_is_run_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("runtime.pool.KILL_GRACE_S", 0.2)
+    async with running(make_spec("misbehave", timeout_s=0.3, min=1, max=1)) as pool:
+        await until(lambda: pool.serving_count() == 1, "the worker")
+        await short_calls_taught(pool)
+        hung = asyncio.ensure_future(call(pool, "do=hang&s=30"))
+        behind = asyncio.ensure_future(call(pool, "do=whoami"))
+        await asyncio.sleep(0)
+        assert [len(w.calls) for w in pool.workers.values()] == [2]
+        with pytest.raises(CallTimedOut):
+            await hung
+        result = await behind
+        assert result.status == 200 and result.outcome == Outcome.OK

@@ -1,0 +1,170 @@
+"""Which worker gets which call, and when: the free list, the FIFO wait queue, pipelining of
+short calls, and the queue's time limit. Runs in event-loop callbacks; never awaits.
+
+Free list. A worker with a free slot (fewer calls than ``concurrency``) is in ``free``; calls
+go to the most recently freed one, so idle workers stay idle and can be retired.
+
+Pipelining. A sync worker runs one call at a time, and between two calls it would sleep in
+``recv`` until the gateway writes the next one: on a small machine that wake-up costs more
+than a short call itself. So when a pool's calls are short (recent service time under
+``PIPELINE_MAX_SERVICE_S``) and every worker is busy, one more call may wait in a busy
+worker's socket instead of the pool's queue. The worker runs calls in the order they were
+written, so if it dies, only the first of its calls was running: the others are put back at
+the head of the queue, never failed. Hard timeouts count from when a call started, not from
+when it was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from runtime.defaults import PIPELINE_MAX_SERVICE_S
+from runtime.errors import Overloaded, RuntimeFailure
+from runtime.states import WorkerPhase
+from runtime.stats import PoolStats
+from runtime.worker_link import Call, WorkerLink
+
+
+class Dispatcher:
+    """Calls waiting for workers, and workers waiting for calls, of one pool."""
+
+    def __init__(self, function: str, max_wait_ms: int, stats: PoolStats) -> None:
+        self.function = function
+        self.concurrency = 1
+        self.free: list[WorkerLink] = []
+        self.queue: deque[Call] = deque()
+        self.links: dict[int, WorkerLink] = {}
+        self._stats = stats
+        self._max_wait_ms = max_wait_ms
+        self._max_wait_s = max_wait_ms / 1000
+        self._loop = asyncio.get_running_loop()
+        self._queue_timer: asyncio.TimerHandle | None = None
+
+    def depth(self) -> int:
+        """How many calls a worker may hold: its concurrency, plus one pipelined call for
+        sync workers while calls are short."""
+        if self.concurrency == 1 and self._stats.service_s <= PIPELINE_MAX_SERVICE_S:
+            return 2
+        return self.concurrency
+
+    def offer(self, call: Call) -> bool:
+        """Give ``call`` to a worker now if one can take it; False if it has to queue."""
+        free = self.free
+        if free:
+            link = free[-1]
+            self._dispatch(link, call)
+            if len(link.calls) >= self.concurrency:
+                free.pop()
+                link.in_free = False
+            return True
+        if self.queue or self.depth() == self.concurrency:
+            return False
+        for link in self.links.values():
+            if link.phase is WorkerPhase.SERVING and len(link.calls) == 1:
+                self._dispatch(link, call)
+                return True
+        return False
+
+    def enqueue(self, call: Call) -> None:
+        self.queue.append(call)
+        if self._queue_timer is None:
+            self._arm_queue_timer()
+
+    def release(self, link: WorkerLink) -> None:
+        """``link`` is serving and has room: fill it from the queue, or list it as free."""
+        queue = self.queue
+        if queue:
+            depth = self.depth()
+            while queue and len(link.calls) < depth:
+                self._dispatch(link, queue.popleft())
+        count = len(link.calls)
+        if count < self.concurrency:
+            if not link.in_free:
+                self.free.append(link)
+                link.in_free = True
+            if count == 0:
+                link.idle_since = time.monotonic()
+
+    def withdraw(self, link: WorkerLink) -> None:
+        """Take ``link`` off the free list (it is draining, dead or being killed)."""
+        if link.in_free:
+            self.free.remove(link)
+            link.in_free = False
+
+    def finished(self, link: WorkerLink, call: Call) -> float:
+        """Book-keeping when ``call`` answered; return its service time in seconds."""
+        now = time.perf_counter()
+        if self.concurrency > 1:
+            return now - call.dispatched_at
+        started = link.head_started_at
+        link.head_started_at = now  # the next pipelined call, if any, starts now
+        return now - started
+
+    def take_running(self, link: WorkerLink) -> list[Call]:
+        """Empty a dead or dying worker's calls: return those that were running and put the
+        ones it never started back at the head of the queue."""
+        calls = list(link.calls.values())
+        link.calls.clear()
+        if self.concurrency > 1 or len(calls) <= 1:
+            return calls
+        for call in reversed(calls[1:]):
+            call.worker = None
+            self.queue.appendleft(call)
+        self._rearm_queue_timer()
+        return calls[:1]
+
+    def overdue(self, hard_timeout_s: float) -> list[tuple[WorkerLink, Call]]:
+        """Running calls that started more than ``hard_timeout_s`` ago."""
+        started_before = time.perf_counter() - hard_timeout_s
+        found = []
+        for link in self.links.values():
+            if not link.calls:
+                continue
+            if self.concurrency == 1:
+                if link.head_started_at < started_before:
+                    found.append((link, next(iter(link.calls.values()))))
+                continue
+            found.extend((link, c) for c in link.calls.values() if c.dispatched_at < started_before)
+        return found
+
+    def fail_queue(self, failure: RuntimeFailure) -> None:
+        while self.queue:
+            self.queue.popleft().fail(failure)
+
+    def _dispatch(self, link: WorkerLink, call: Call) -> None:
+        call.dispatched_at = time.perf_counter()
+        if not link.calls:
+            link.head_started_at = call.dispatched_at
+        link.send(call)
+
+    def _arm_queue_timer(self) -> None:
+        head = self.queue[0]
+        delay = head.queued_at + self._max_wait_s - time.perf_counter()
+        self._queue_timer = self._loop.call_later(max(0.0, delay), self._on_queue_timer)
+
+    def _rearm_queue_timer(self) -> None:
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        if self.queue:
+            self._arm_queue_timer()
+
+    def _on_queue_timer(self) -> None:
+        """Refuse queued calls that have waited longer than max_queue_wait_ms. The queue is
+        FIFO and every call has the same budget, so only the head needs a timer."""
+        self._queue_timer = None
+        limit = time.perf_counter() - self._max_wait_s
+        queue = self.queue
+        while queue and queue[0].queued_at <= limit:
+            self._stats.saturated += 1
+            queue.popleft().fail(
+                Overloaded(
+                    f"function {self.function}: no worker came free within {self._max_wait_ms} ms",
+                    1,
+                    "queue_timeout",
+                )
+            )
+        if queue:
+            self._arm_queue_timer()

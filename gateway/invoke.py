@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgefaas.gateway")
 _CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+STATUS_CLIENT_GONE = 499  # as nginx logs it: the client closed the request
 _CUT_OFF = "the node is stopping and its grace period ended before the call finished"
 _SERVED_LOCAL = (b"x-served-by", b"local")
 
@@ -73,10 +74,11 @@ class Invoker:
     ) -> None:
         """Serve a call to function ``name``; ``methods`` restricts a trigger path's methods."""
         started = time.perf_counter()
-        call_id = ""
+        call_id = self.node.call_ids.next()
         pool = self.pools.get(name)
         try:
-            call_id, length = self._read_headers(scope["headers"])
+            given, length = self._read_headers(scope["headers"])
+            call_id = given or call_id
             if methods is not None and scope["method"] not in methods:
                 raise MethodNotAllowed(
                     f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
@@ -102,6 +104,9 @@ class Invoker:
             headers = _split_headers(result.headers)
         except (GatewayError, RuntimeFailure) as exc:
             status, headers, body = error_response(exc)
+        except ClientGone:  # nobody to answer; the call did not reach a worker
+            self._record(name, call_id, started, STATUS_CLIENT_GONE)
+            return
         except asyncio.CancelledError:  # the node's grace period ended during the call
             status, headers, body = error_response(Unavailable(_CUT_OFF))
             await self._respond(send, name, call_id, started, status, headers, body)
@@ -121,7 +126,6 @@ class Invoker:
         headers: Headers,
         body: bytes,
     ) -> None:
-        call_id = call_id or self.node.call_ids.next()
         elapsed = time.perf_counter() - started
         headers.append((b"content-length", b"%d" % len(body)))
         headers.append((b"x-call-id", call_id.encode()))
@@ -129,6 +133,10 @@ class Invoker:
         headers.append((b"x-duration-seconds", b"%.6f" % elapsed))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        self._record(name, call_id, started, status)
+
+    def _record(self, name: str, call_id: str, started: float, status: int) -> None:
+        elapsed = time.perf_counter() - started
         if name in self.pools:
             self.metrics.observe_call(name, status, elapsed)
         if self.call_log is not None:
@@ -144,11 +152,13 @@ class Invoker:
                 call_id = value.decode("latin-1")
                 if not _CALL_ID.fullmatch(call_id):
                     raise BadRequest("X-Call-Id: expected 1–64 characters from A–Z a–z 0–9 . _ : -")
-        return call_id or self.node.call_ids.next(), length
+        return call_id, length
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole body, refused with 413 as soon as it passes the limit."""
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
         body: bytes = message.get("body", b"")
         more = message.get("more_body", False)
         if len(body) > self.max_body:
@@ -159,6 +169,8 @@ class Invoker:
         size = len(body)
         while message.get("more_body", False):
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
@@ -167,11 +179,12 @@ class Invoker:
         return b"".join(chunks)
 
     def _too_large(self, size: int, streamed: bool = False) -> str:
-        what = "more than" if streamed else ""
-        return (
-            f"request body of {what} {size} bytes exceeds this node's limit of "
-            f"{self.max_body} bytes"
-        ).replace("  ", " ")
+        amount = f"more than {size}" if streamed else f"{size}"
+        return f"request body of {amount} bytes exceeds this node's limit of {self.max_body} bytes"
+
+
+class ClientGone(Exception):
+    """The client disconnected before it sent the whole body."""
 
 
 def _content_length(value: bytes) -> int:

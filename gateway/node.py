@@ -48,8 +48,8 @@ class Node:
             return
         self._open = True
         self.started_at = time.time()
-        if self.settings.admin_token:
-            self.admin_token = self.settings.admin_token
+        if self.settings.admin_token.strip():
+            self.admin_token = self.settings.admin_token.strip()
             log.info("admin token: from EDGEFAAS_ADMIN_TOKEN")
         else:
             self.admin_token = load_or_create_token(self.data_dir)

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import SettingsError
+from runtime.protocol import MAX_FRAME_BYTES
 
 UP = ("up",)
 CLIENT = ("invoke", "ls", "scale")
 ENV_PREFIX = "EDGEFAAS_"
 MiB = 1024 * 1024
+MAX_BODY_BYTES = MAX_FRAME_BYTES // 2  # a body must fit in one worker frame, with headroom
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -153,8 +155,8 @@ def _check(name: str, value: Any, source: str) -> None:
 def _problem(name: str, value: Any) -> str:
     if name == "port" and not 0 <= value <= 65535:
         return "expected a port 0–65535"
-    if name == "max_body_bytes" and value < 1:
-        return "expected a positive number of bytes"
+    if name == "max_body_bytes" and not 1 <= value <= MAX_BODY_BYTES:
+        return f"expected a number of bytes from 1 to {MAX_BODY_BYTES}"
     if name == "grace_s" and not 0 <= value < float("inf"):
         return "expected seconds ≥ 0"
     if name == "log_level" and value.lower() not in ("debug", "info", "warning", "error"):

@@ -32,3 +32,6 @@ SPAWN_SAMPLES = 64
 
 # On shutdown: how long zygotes get to stop their workers before SIGKILL.
 STOP_TIMEOUT_S = 3.0
+
+# Largest control message between the gateway and a zygote (the function spec is the biggest).
+CONTROL_PACKET_BYTES = 1024 * 1024

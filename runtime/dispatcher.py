@@ -9,9 +9,10 @@ Pipelining. A sync worker runs one call at a time, and between two calls it woul
 than a short call itself. So when a pool's calls are short (recent service time under
 ``PIPELINE_MAX_SERVICE_S``) and every worker is busy, one more call may wait in a busy
 worker's socket instead of the pool's queue. The worker runs calls in the order they were
-written, so if it dies, only the first of its calls was running: the others are put back at
-the head of the queue, never failed. Hard timeouts count from when a call started, not from
-when it was written.
+written and answers each before it starts the next, so when it dies — and after the gateway
+has read everything it sent — only the first unanswered call can have started: that one
+fails, the others go back to the head of the queue. No call is lost, none runs twice. Hard
+timeouts count from when a call started, not from when it was written.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 
 from runtime.defaults import PIPELINE_MAX_SERVICE_S
-from runtime.errors import Overloaded, RuntimeFailure
+from runtime.errors import RuntimeFailure
 from runtime.states import WorkerPhase
 from runtime.stats import PoolStats
 from runtime.worker_link import Call, WorkerLink
@@ -30,15 +32,20 @@ from runtime.worker_link import Call, WorkerLink
 class Dispatcher:
     """Calls waiting for workers, and workers waiting for calls, of one pool."""
 
-    def __init__(self, function: str, max_wait_ms: int, stats: PoolStats) -> None:
-        self.function = function
+    def __init__(
+        self,
+        max_wait_ms: int,
+        stats: PoolStats,
+        timeout_failure: Callable[[], RuntimeFailure],
+    ) -> None:
+        """``timeout_failure`` makes the error for a call that waited ``max_wait_ms``."""
         self.concurrency = 1
         self.free: list[WorkerLink] = []
         self.queue: deque[Call] = deque()
         self.links: dict[int, WorkerLink] = {}
+        self.max_wait_s = max_wait_ms / 1000
         self._stats = stats
-        self._max_wait_ms = max_wait_ms
-        self._max_wait_s = max_wait_ms / 1000
+        self._timeout_failure = timeout_failure
         self._loop = asyncio.get_running_loop()
         self._queue_timer: asyncio.TimerHandle | None = None
 
@@ -103,24 +110,32 @@ class Dispatcher:
         return now - started
 
     def take_running(self, link: WorkerLink) -> list[Call]:
-        """Empty a dead or dying worker's calls: return those that were running and put the
-        ones it never started back at the head of the queue."""
+        """Empty a dead worker's calls (call this once its socket is closed and read to the
+        end): return those that may have started, and put the others back at the head of
+        the queue, where free workers pick them up at once."""
         calls = list(link.calls.values())
         link.calls.clear()
         if self.concurrency > 1 or len(calls) <= 1:
             return calls
         for call in reversed(calls[1:]):
-            call.worker = None
+            # Pipelined calls were sent when the queue was empty, so they are older than any
+            # queued call: putting them first keeps the queue ordered by arrival, which the
+            # queue timer relies on.
             self.queue.appendleft(call)
         self._rearm_queue_timer()
+        while self.queue and self.free:
+            free = self.free.pop()
+            free.in_free = False
+            self.release(free)
         return calls[:1]
 
     def overdue(self, hard_timeout_s: float) -> list[tuple[WorkerLink, Call]]:
-        """Running calls that started more than ``hard_timeout_s`` ago."""
+        """Running calls that started more than ``hard_timeout_s`` ago, on workers not
+        already being killed."""
         started_before = time.perf_counter() - hard_timeout_s
         found = []
         for link in self.links.values():
-            if not link.calls:
+            if not link.calls or link.kill_reason:
                 continue
             if self.concurrency == 1:
                 if link.head_started_at < started_before:
@@ -141,7 +156,7 @@ class Dispatcher:
 
     def _arm_queue_timer(self) -> None:
         head = self.queue[0]
-        delay = head.queued_at + self._max_wait_s - time.perf_counter()
+        delay = head.queued_at + self.max_wait_s - time.perf_counter()
         self._queue_timer = self._loop.call_later(max(0.0, delay), self._on_queue_timer)
 
     def _rearm_queue_timer(self) -> None:
@@ -155,16 +170,10 @@ class Dispatcher:
         """Refuse queued calls that have waited longer than max_queue_wait_ms. The queue is
         FIFO and every call has the same budget, so only the head needs a timer."""
         self._queue_timer = None
-        limit = time.perf_counter() - self._max_wait_s
+        limit = time.perf_counter() - self.max_wait_s
         queue = self.queue
         while queue and queue[0].queued_at <= limit:
             self._stats.saturated += 1
-            queue.popleft().fail(
-                Overloaded(
-                    f"function {self.function}: no worker came free within {self._max_wait_ms} ms",
-                    1,
-                    "queue_timeout",
-                )
-            )
+            queue.popleft().fail(self._timeout_failure())
         if queue:
             self._arm_queue_timer()

@@ -10,12 +10,14 @@ EXIT_INIT_FAILED = 3  # init(context) raised; the pool backs off instead of resp
 EXIT_LOAD_FAILED = 4  # the zygote could not import the handler
 EXIT_OUT_OF_MEMORY = 75  # MemoryError under the memory_mb limit (RLIMIT_AS)
 EXIT_PROTOCOL = 76  # the gateway sent something the worker could not read
+EXIT_HANDLER_EXIT = 77  # the function called sys.exit() (or raised SystemExit)
 
 _CODE_WORDS = {
     EXIT_OK: "exited normally",
     EXIT_INIT_FAILED: "exited because init() failed",
     EXIT_LOAD_FAILED: "exited because the handler could not be loaded",
     EXIT_PROTOCOL: "exited after a protocol error",
+    EXIT_HANDLER_EXIT: "exited because the function called sys.exit()",
 }
 
 _SIGNAL_WORDS = {

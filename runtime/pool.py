@@ -26,7 +26,7 @@ from runtime.defaults import (
     STOP_TIMEOUT_S,
 )
 from runtime.dispatcher import Dispatcher
-from runtime.errors import CallTimedOut, Unavailable, WorkerCrashed
+from runtime.errors import CallTimedOut, Overloaded, RuntimeFailure, Unavailable, WorkerCrashed
 from runtime.exits import EXIT_INIT_FAILED, describe_exit
 from runtime.protocol import Kind, encode
 from runtime.states import PoolState, WorkerPhase, check_pool
@@ -58,8 +58,7 @@ class WarmPool:
         self.state = PoolState.STOPPED
         self.stats = PoolStats()
         self.zygote: ZygoteLink | None = None
-        self.dispatch = Dispatcher(spec.name, spec.pool.max_queue_wait_ms, self.stats)
-        self.workers = self.dispatch.links  # every worker not yet gone, by spawn token
+        self.dispatch = Dispatcher(spec.pool.max_queue_wait_ms, self.stats, self._queue_timeout)
         self.failures = 0
         self.retry_at = 0.0
         self.last_error: dict[str, Any] | None = None
@@ -68,22 +67,36 @@ class WarmPool:
         self._seq = 0
         self._tokens = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._max_wait_s = spec.pool.max_queue_wait_ms / 1000
+        self._starting: asyncio.Task[None] | None = None
         self._hard_timeout_s = spec.timeout_s + KILL_GRACE_S
+
+    @property
+    def workers(self) -> dict[int, WorkerLink]:
+        """Every worker not yet gone, by spawn token (owned by the dispatcher)."""
+        return self.dispatch.links
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Start the zygote and the first ``min`` workers. Failures leave the pool in
+        """Start a zygote and the first ``min`` workers. Failures leave the pool in
         BACKOFF (or FATAL) with ``last_error`` set; they are not raised."""
         self._set_state(PoolState.STARTING)
+        if self.zygote is not None:
+            await self.zygote.kill()  # the previous one is dead or stale: make sure it is gone
+        self._by_pid.clear()
         zygote = ZygoteLink(self.spec, self._on_zygote_event)
         self.zygote = zygote
         try:
             await zygote.start()
-        except Unavailable as exc:
+        except Exception as exc:
+            if not isinstance(exc, Unavailable):
+                log.exception("function %s: starting its zygote failed", self.name)
             if self.state is PoolState.STARTING:
-                self._start_failed(exc.message)
+                self._start_failed(
+                    exc.message
+                    if isinstance(exc, Unavailable)
+                    else f"its zygote could not be started: {exc}"
+                )
             return
         if self.state is not PoolState.STARTING:  # stopped while loading
             await zygote.stop()
@@ -116,8 +129,10 @@ class WarmPool:
             link.kill("it did not stop in time")
         if self.zygote is not None:
             await (self.zygote.kill() if force else self.zygote.stop())
-        for task in list(self._tasks):
-            task.cancel()
+        if self._tasks:  # let pending loss reports answer their callers, briefly
+            _, pending = await asyncio.wait(list(self._tasks), timeout=EXIT_STATUS_WAIT_S + 0.1)
+            for task in pending:
+                task.cancel()
         self._set_state(PoolState.STOPPED)
 
     def scale(self, min_workers: int, max_workers: int, *, exact: bool = False) -> None:
@@ -131,9 +146,9 @@ class WarmPool:
         self.min, self.max = min_workers, max_workers
         if self.state is PoolState.FATAL:
             self.failures = 0
-            self._background(self.start())
+            self._recover()
             return
-        live = [w for w in self.workers.values() if w.phase is not WorkerPhase.DRAINING]
+        live = self._live()
         keep = self.min if exact else self.max
         for link in sorted(live, key=lambda w: len(w.calls))[: max(0, len(live) - keep)]:
             self._retire(link)
@@ -145,10 +160,7 @@ class WarmPool:
         for link, call in self.dispatch.overdue(self._hard_timeout_s):
             self._on_hard_timeout(link, call)
         if self.state is PoolState.BACKOFF and now >= self.retry_at:
-            if self.zygote is None or not self.zygote.alive:
-                self._background(self.start())
-                return
-            self._set_state(PoolState.RUNNING)
+            self._recover()
         if self.state is not PoolState.RUNNING:
             return
         self._fill()
@@ -157,6 +169,14 @@ class WarmPool:
         for link in list(self.workers.values()):
             if link.phase is WorkerPhase.STARTING and link.requested_at < started_before:
                 link.kill(f"init() did not finish within {INIT_TIMEOUT_S:g} s")
+
+    def _recover(self) -> None:
+        """Leave BACKOFF or FATAL: restart the zygote if it is gone, else spawn again."""
+        if self.zygote is not None and self.zygote.alive:
+            self._set_state(PoolState.RUNNING)
+            self._fill()
+        elif self._starting is None or self._starting.done():
+            self._starting = self._background(self.start())
 
     # ---------------------------------------------------------------- calls
 
@@ -167,7 +187,7 @@ class WarmPool:
         state = self.state
         if state in (PoolState.STOPPING, PoolState.STOPPED):
             return Admission(Verdict.UNAVAILABLE, message=f"function {self.name} is stopping")
-        if state in (PoolState.BACKOFF, PoolState.FATAL) and not self.serving_count():
+        if state in (PoolState.BACKOFF, PoolState.FATAL) and not self._any_serving():
             return Admission(Verdict.UNAVAILABLE, message=self._unavailable_message())
         wait_s = self.estimate_wait_s()
         queued = len(self.dispatch.queue)
@@ -178,7 +198,7 @@ class WarmPool:
                 wait_s,
                 f"function {self.name} is saturated: {queued} calls already wait for a worker",
             )
-        if wait_s > self._max_wait_s:
+        if wait_s > self.dispatch.max_wait_s:
             self.stats.saturated += 1
             return Admission(
                 Verdict.WAIT_TOO_LONG,
@@ -207,17 +227,15 @@ class WarmPool:
         frame = encode(Kind.CALL, self._seq, [method, path, query, headers, call_id.encode(), body])
         call = Call(self._seq, call_id, frame, self._loop.create_future())
         if not self.dispatch.offer(call):
-            call.cold = self.serving_count() == 0
+            call.cold = not self._any_serving()
             self.dispatch.enqueue(call)
             if len(self.workers) < self.max:
                 self._fill()
         return call
 
     def _on_hard_timeout(self, link: WorkerLink, call: Call) -> None:
-        if self.concurrency == 1:
-            self.dispatch.take_running(link)  # ``call``; the ones behind it go back to the queue
-        else:
-            link.calls.pop(call.seq, None)  # the others die with the worker (502)
+        """Answer 504 now and kill the worker; its other calls are settled when its socket
+        closes (see :meth:`Dispatcher.take_running`)."""
         self._set_aside(link)
         self.stats.hard_timeouts += 1
         call.fail(
@@ -228,6 +246,13 @@ class WarmPool:
         )
         link.kill(f"call {call.call_id} ran past its timeout")
         self._fill()
+
+    def _queue_timeout(self) -> RuntimeFailure:
+        """What a call gets when it waited max_queue_wait_ms for a worker."""
+        waited = f"no worker came free within {self.spec.pool.max_queue_wait_ms} ms"
+        if self.state is not PoolState.RUNNING and not self._any_serving():
+            return Unavailable(f"function {self.name} is {self.state.value}: {waited}")
+        return Overloaded(f"function {self.name}: {waited}", 1, "queue_timeout")
 
     # ---------------------------------------------------------------- worker events
 
@@ -264,7 +289,7 @@ class WarmPool:
             link.set_phase(WorkerPhase.STOPPED)
         self.workers.pop(link.token, None)
         self.dispatch.withdraw(link)
-        calls = self.dispatch.take_running(link)
+        calls = [c for c in self.dispatch.take_running(link) if not c.future.done()]
         if calls or (was is WorkerPhase.STARTING and not link.failure_reported):
             self._background(self._report_loss(link, calls, was))
         if self.state is PoolState.RUNNING:
@@ -290,9 +315,9 @@ class WarmPool:
                 how,
                 len(calls),
             )
+            replaced = "; a new worker replaces it" if self.state is PoolState.RUNNING else ""
             failure = WorkerCrashed(
-                f"worker {link.pid} of function {self.name} {how} during "
-                "the call; it has been replaced"
+                f"worker {link.pid} of function {self.name} {how} during the call{replaced}"
             )
             for call in calls:
                 call.fail(failure)
@@ -320,12 +345,20 @@ class WarmPool:
 
     # ---------------------------------------------------------------- scaling
 
+    def _any_serving(self) -> bool:
+        return any(w.phase is WorkerPhase.SERVING for w in self.workers.values())
+
     def serving_count(self) -> int:
         return sum(1 for w in self.workers.values() if w.phase is WorkerPhase.SERVING)
 
+    def _live(self) -> list[WorkerLink]:
+        """Workers starting or serving (not draining)."""
+        live = (WorkerPhase.STARTING, WorkerPhase.SERVING)
+        return [w for w in self.workers.values() if w.phase in live]
+
     def _fill(self) -> None:
         """Spawn workers up to what demand and ``min`` ask for, within ``max``."""
-        if self.state is not PoolState.RUNNING:
+        if self.state is not PoolState.RUNNING or self.zygote is None or not self.zygote.alive:
             return
         live = 0
         demand = len(self.dispatch.queue)
@@ -338,11 +371,7 @@ class WarmPool:
             self._spawn()
 
     def _retire_idle(self, now: float) -> None:
-        live = sum(
-            1
-            for w in self.workers.values()
-            if w.phase in (WorkerPhase.STARTING, WorkerPhase.SERVING)
-        )
+        live = len(self._live())
         idle = [w for w in self.dispatch.free if not w.calls]
         count = autoscaler.retirable(
             [now - w.idle_since for w in idle], live, self.min, self.spec.pool.idle_timeout_s
@@ -380,9 +409,9 @@ class WarmPool:
             self.zygote.spawn(theirs, link.token)
         except (Unavailable, OSError) as exc:
             ours.close()
-            log.warning("function %s: could not ask for a worker: %s", self.name, exc)
-            link.failure_reported = True  # not a start failure of the function itself
+            link.failure_reported = True
             self.on_worker_lost(link)
+            self._start_failed(f"could not ask its zygote for a worker: {exc}")
             return
         finally:
             theirs.close()
@@ -392,11 +421,13 @@ class WarmPool:
     # ---------------------------------------------------------------- failures
 
     def _start_failed(self, message: str) -> None:
+        """Count one failed start attempt (further failures of the same attempt, e.g. the
+        other workers spawned with it, only update ``last_error``)."""
+        self.last_error = {"message": message, "at": time.time()}
+        if self.state not in (PoolState.STARTING, PoolState.RUNNING):
+            return
         self.failures += 1
         self.stats.start_failures += 1
-        self.last_error = {"message": message, "at": time.time()}
-        if self.state in (PoolState.STOPPING, PoolState.STOPPED, PoolState.FATAL):
-            return
         if self.failures > len(BACKOFF_S):
             log.error(
                 "function %s is FATAL after %d failed starts: %s", self.name, self.failures, message
@@ -413,7 +444,7 @@ class WarmPool:
             )
             self._set_state(PoolState.BACKOFF)
             self.retry_at = time.monotonic() + delay
-        if not self.serving_count():
+        if not self._any_serving():
             self.dispatch.fail_queue(Unavailable(self._unavailable_message()))
 
     def _unavailable_message(self) -> str:
@@ -430,10 +461,11 @@ class WarmPool:
             self.state = check_pool(self.state, state)
             log.info("function %s: %s", self.name, state.value)
 
-    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ---------------------------------------------------------------- reporting
 

@@ -66,7 +66,12 @@ def encode(kind: int, seq: int, fields: Sequence[bytes]) -> bytes:
     return _layout(len(fields)).pack(payload, kind, seq, len(fields), *lengths) + b"".join(fields)
 
 
-def _parse(buf: bytes | bytearray | memoryview, start: int) -> tuple[Frame, int] | None:
+@lru_cache(maxsize=16)
+def _lengths(count: int) -> struct.Struct:
+    return struct.Struct(f"<{count}I")
+
+
+def _parse(buf: memoryview, start: int) -> tuple[Frame, int] | None:
     """Parse one frame at ``start``; return it and the offset after it, or None if incomplete."""
     end_header = start + HEADER.size
     if len(buf) < end_header:
@@ -79,11 +84,11 @@ def _parse(buf: bytes | bytearray | memoryview, start: int) -> tuple[Frame, int]
         return None
     if 4 * count > payload:
         raise ProtocolError(f"frame announces {count} fields in a {payload}-byte payload")
-    lengths = struct.unpack_from(f"<{count}I", buf, end_header)
+    lengths = _lengths(count).unpack_from(buf, end_header)
     offset = end_header + 4 * count
     fields = []
     for length in lengths:
-        fields.append(bytes(buf[offset : offset + length]))
+        fields.append(bytes(buf[offset : offset + length]))  # one copy from a memoryview
         offset += length
     if offset != end:
         raise ProtocolError(
@@ -119,9 +124,10 @@ class FrameDecoder:
 def _parse_all(buf: bytes | bytearray) -> tuple[list[Frame], int]:
     frames = []
     offset = 0
-    while (parsed := _parse(buf, offset)) is not None:
-        frame, offset = parsed
-        frames.append(frame)
+    with memoryview(buf) as view:
+        while (parsed := _parse(view, offset)) is not None:
+            frame, offset = parsed
+            frames.append(frame)
     return frames, offset
 
 

@@ -11,12 +11,15 @@ handler returns                        response
 ``(body, status, headers)``            the same, plus ``headers`` (a ``dict``)
 =====================================  ==============================================
 
-Headers given by the handler win over the default ``content-type``.
+Headers given by the handler win over the default ``content-type``. Framing headers
+(``Content-Length``, ``Transfer-Encoding``, ``Connection`` ...) and edgefaas' own ``X-Call-Id``,
+``X-Served-By`` and ``X-Duration-Seconds`` are the gateway's: a handler's values are dropped.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 JSON_TYPE = b"application/json"
@@ -24,6 +27,23 @@ TEXT_TYPE = b"text/plain; charset=utf-8"
 BINARY_TYPE = b"application/octet-stream"
 
 RenderedHeaders = list[tuple[bytes, bytes]]
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field name
+_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # visible Latin-1, space and tab
+GATEWAY_HEADERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"x-call-id",
+        b"x-served-by",
+        b"x-duration-seconds",
+    }
+)
 
 
 class RenderError(TypeError):
@@ -96,13 +116,15 @@ def _merge_headers(defaults: RenderedHeaders, extra: Any) -> RenderedHeaders:
         if not isinstance(name, str) or not isinstance(value, (str, int, float)):
             raise RenderError(f"handler returned header {name!r}: {value!r}; expected str: str")
         text = str(value)
-        if any(c in name + text for c in "\r\n\0") or ":" in name or not name:
-            raise RenderError(f"handler returned an invalid header name or value: {name!r}")
-        try:
-            given.append((name.lower().encode("latin-1"), text.encode("latin-1")))
-        except UnicodeEncodeError:
+        if not _TOKEN.fullmatch(name):
+            raise RenderError(f"handler returned an invalid header name {name!r}")
+        if not _VALUE.fullmatch(text):
             raise RenderError(
-                f"handler returned header {name!r} with characters outside Latin-1"
-            ) from None
+                f"handler returned header {name!r} with a control character or a character "
+                "outside Latin-1 in its value"
+            )
+        key = name.lower().encode("latin-1")
+        if key not in GATEWAY_HEADERS:
+            given.append((key, text.encode("latin-1")))
     names = {name for name, _ in given}
     return [h for h in defaults if h[0] not in names] + given

@@ -52,7 +52,7 @@ POOL_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
     PoolState.BACKOFF: frozenset(
         {PoolState.RUNNING, PoolState.STARTING, PoolState.FATAL, PoolState.STOPPING}
     ),
-    PoolState.FATAL: frozenset({PoolState.STARTING, PoolState.STOPPING}),
+    PoolState.FATAL: frozenset({PoolState.STARTING, PoolState.RUNNING, PoolState.STOPPING}),
     PoolState.STOPPING: frozenset({PoolState.STOPPED}),
 }
 

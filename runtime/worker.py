@@ -34,6 +34,7 @@ from runtime.protocol import (
     CALL_METHOD,
     CALL_PATH,
     CALL_QUERY,
+    MAX_FRAME_BYTES,
     Frame,
     FrameDecoder,
     FrameReader,
@@ -80,6 +81,8 @@ def run(
             code = _serve_sync(sock, spec, loaded.handle)
     except MemoryError:
         code = exits.EXIT_OUT_OF_MEMORY
+    except SystemExit:
+        code = exits.EXIT_HANDLER_EXIT
     except (BrokenPipeError, ConnectionResetError):
         code = exits.EXIT_OK
     except BaseException:
@@ -146,7 +149,21 @@ def _serve_sync(sock: socket.socket, spec: FunctionSpec, handle: Callable[[Any],
             reply = _call_sync(handle, _event(frame.fields), timeout_s, spec)
         except SoftTimeout:  # fired in the instant after the handler returned
             reply = _timeout_reply(spec)
-        sock.sendall(encode(Kind.RESULT, frame.seq, reply))
+        sock.sendall(_result_frame(frame.seq, reply, spec))
+
+
+def _result_frame(seq: int, reply: list[bytes], spec: FunctionSpec) -> bytes:
+    try:
+        return encode(Kind.RESULT, seq, reply)
+    except ProtocolError:
+        message = (
+            f"function {spec.name} returned a response of {len(reply[-1])} bytes, more "
+            f"than the {MAX_FRAME_BYTES} a worker can send"
+        )
+        body = error_body("function_error", message)
+        return encode(
+            Kind.RESULT, seq, [b"500", b"%d" % Outcome.FUNCTION_ERROR, _JSON_HEADERS, body]
+        )
 
 
 def _call_sync(
@@ -236,7 +253,7 @@ class _AsyncChannel(asyncio.Protocol):
         except Exception as exc:
             reply = _error_reply(exc, event, self.spec)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode(Kind.RESULT, frame.seq, reply))
+            self.transport.write(_result_frame(frame.seq, reply, self.spec))
 
 
 async def _serve_async(

@@ -50,7 +50,6 @@ class Call:
         "future",
         "queued_at",
         "seq",
-        "worker",
     )
 
     def __init__(
@@ -63,7 +62,6 @@ class Call:
         self.queued_at = time.perf_counter()
         self.dispatched_at = 0.0
         self.cold = False
-        self.worker: WorkerLink | None = None
 
     def finish(self, result: Result) -> None:
         if not self.future.done():
@@ -105,6 +103,7 @@ class WorkerLink(asyncio.Protocol):
         self.failure_reported = False
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
+        self._closing = False
 
     @property
     def state(self) -> str:
@@ -119,12 +118,12 @@ class WorkerLink(asyncio.Protocol):
     def send(self, call: Call) -> None:
         """Write a CALL frame; the pool has checked that this worker has a free slot."""
         self.calls[call.seq] = call
-        call.worker = self
         if self._transport is not None:
             self._transport.write(call.frame)
 
     def close(self) -> None:
         """Close the socket: the worker exits when it next reads."""
+        self._closing = True
         if self._transport is not None:
             self._transport.close()
 
@@ -138,6 +137,8 @@ class WorkerLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        if self._closing:  # retired or killed while its socket was being attached
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         try:

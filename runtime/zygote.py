@@ -13,8 +13,10 @@ zygote → gateway
     ``{"event": "spawned", "token": n, "pid": p}``; ``{"event": "exited", "pid": p,
     "status": wait_status}`` for every worker that ends.
 
-The zygote ignores SIGINT (a Ctrl-C in the terminal is for the gateway to handle) and dies
-with the gateway; its workers die with it.
+The zygote and its workers ignore SIGINT and SIGTERM (a Ctrl-C in the terminal, or a
+service manager signalling the whole group, is for the gateway: it drains, then stops them).
+The zygote dies with the gateway, its workers die with it, and as a subreaper it adopts and
+finally kills whatever processes the handlers leave behind.
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ import signal
 import socket
 import sys
 import time
+from types import FrameType
 from typing import Any
 
 from registry.specs import FunctionSpec
 from runtime import exits, worker
-from runtime.defaults import STOP_TIMEOUT_S
-from runtime.lifeline import die_with_parent
+from runtime.defaults import CONTROL_PACKET_BYTES, STOP_TIMEOUT_S
+from runtime.lifeline import become_subreaper, die_with_parent
 from runtime.loader import LoadedFunction, LoadError, load_function
 
-MAX_PACKET_BYTES = 1024 * 1024
 # Address space the runtime needs on top of what the loaded module maps, for a worker to run.
 WORKER_HEADROOM_MIB = 16
 
@@ -55,7 +57,7 @@ class Zygote:
 
     def load(self) -> tuple[FunctionSpec, LoadedFunction] | None:
         """Receive the spec and import the handler; report the outcome to the gateway."""
-        packet = self.control.recv(MAX_PACKET_BYTES)
+        packet = self.control.recv(CONTROL_PACKET_BYTES)
         if not packet:
             return None
         spec = FunctionSpec.from_dict(json.loads(packet)["spec"])
@@ -94,7 +96,7 @@ class Zygote:
 
     def handle_command(self, spec: FunctionSpec, loaded: LoadedFunction) -> bool:
         """Act on one control packet; False when the zygote should stop."""
-        packet, fds, _, _ = socket.recv_fds(self.control, MAX_PACKET_BYTES, 1)
+        packet, fds, _, _ = socket.recv_fds(self.control, CONTROL_PACKET_BYTES, 1)
         if not packet:
             return False
         message = json.loads(packet)
@@ -125,30 +127,53 @@ class Zygote:
         os.close(self.wake_w)
 
     def reap(self) -> None:
-        while self.children:
+        """Collect every ended child: report workers; adopted orphans (processes a handler
+        started and left behind) are only reaped."""
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                self.children.clear()
                 return
             if pid == 0:
                 return
-            self.children.discard(pid)
-            with contextlib.suppress(OSError):  # the gateway may be gone; keep reaping
-                self.send({"event": "exited", "pid": pid, "status": status})
+            if pid in self.children:
+                self.children.discard(pid)
+                with contextlib.suppress(OSError):  # the gateway may be gone; keep reaping
+                    self.send({"event": "exited", "pid": pid, "status": status})
 
     def stop_children(self) -> None:
-        """Workers exit when the gateway closes their sockets; SIGKILL the ones that linger."""
+        """Workers exit when the gateway closes their sockets; SIGKILL those that linger and
+        every process a handler left behind (the zygote adopted them as subreaper)."""
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while self.children and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.01)
-        for pid in self.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        while self.children:
-            pid, _ = os.waitpid(-1, 0)
-            self.children.discard(pid)
+        for _ in range(10):  # killing a worker can orphan more of its descendants
+            left = self.children | _direct_children()
+            if not left:
+                return
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                while True:
+                    pid, _ = os.waitpid(-1, 0)
+                    self.children.discard(pid)
+
+
+def _direct_children() -> set[int]:
+    """This process's children, from /proc (including adopted orphans)."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children", encoding="ascii") as children:
+                found.update(int(pid) for pid in children.read().split())
+    return found
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGINT and SIGTERM are for the gateway, which drains and then stops the pools. A
+    handler rather than SIG_IGN, so that programs a function starts get the default back."""
 
 
 def _address_space_mib() -> int:
@@ -162,7 +187,9 @@ def _address_space_mib() -> int:
 def main(argv: list[str]) -> int:
     control_fd, gateway_pid = int(argv[0]), int(argv[1])
     die_with_parent(gateway_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    become_subreaper()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _ignore_signal)
     zygote = Zygote(socket.socket(fileno=control_fd))
     loaded = zygote.load()
     if loaded is None:

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from registry.specs import FunctionSpec
-from runtime.defaults import LOAD_TIMEOUT_S, STOP_TIMEOUT_S
+from runtime.defaults import CONTROL_PACKET_BYTES, LOAD_TIMEOUT_S, STOP_TIMEOUT_S
 from runtime.errors import Unavailable
 from runtime.exits import describe_exit
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-MAX_PACKET_BYTES = 1024 * 1024
 
 ZygoteEvent = dict[str, Any]
 
@@ -78,6 +77,9 @@ class ZygoteLink:
                 cwd=self.spec.root,
                 stdin=asyncio.subprocess.DEVNULL,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         ours.setblocking(False)
@@ -139,7 +141,7 @@ class ZygoteLink:
         sock = self._sock
         while sock is not None:
             try:
-                packet = sock.recv(MAX_PACKET_BYTES)
+                packet = sock.recv(CONTROL_PACKET_BYTES)
             except BlockingIOError:
                 return
             except OSError:

@@ -91,7 +91,7 @@ def test_environment_values_are_converted(env: dict[str, str], name: str, value:
         ),
         (
             {"EDGEFAAS_MAX_BODY_BYTES": "0"},
-            "EDGEFAAS_MAX_BODY_BYTES: expected a positive number of bytes, got 0",
+            "EDGEFAAS_MAX_BODY_BYTES: expected a number of bytes from 1 to 134217728, got 0",
         ),
         ({"EDGEFAAS_CALL_LOG": "maybe"}, "EDGEFAAS_CALL_LOG: expected bool, got 'maybe'"),
         (

@@ -235,6 +235,24 @@ def test_413_for_a_first_chunk_over_the_limit_comes_without_more_data(
     assert response.startswith(b"HTTP/1.1 413"), response
 
 
+def test_a_body_cut_short_by_a_disconnect_never_reaches_the_function(
+    basic_node: NodeProcess,
+) -> None:
+    def calls() -> int:
+        response = httpx.get(
+            f"{basic_node.url}/system/functions/echo", headers=basic_node.admin_headers()
+        )
+        count: int = response.json()["counters"]["calls"]
+        return count
+
+    before = calls()
+    head = b"POST /function/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n"
+    with open_upload(basic_node, head) as sock:
+        sock.sendall(b"only ten b")
+    assert httpx.post(f"{basic_node.url}/function/echo", content=b"after").content == b"after"
+    assert calls() == before + 1, "only the complete call may run"
+
+
 # ------------------------------------------------------------------------------- admin API
 
 

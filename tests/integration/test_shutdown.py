@@ -4,6 +4,7 @@ and worker with it. In every case the node's process group ends up empty."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -69,14 +70,23 @@ def wait_exit(node: NodeProcess, timeout_s: float) -> int:
         pytest.fail(f"the node did not exit within {timeout_s} s:\n{node.log()}")
 
 
-@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("first", "whole_group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-to-the-group"],
+)
 def test_first_signal_drains_in_flight_calls_then_exits_0(
-    start_node: StartNode, tmp_path: Path, first: signal.Signals
+    start_node: StartNode, tmp_path: Path, first: signal.Signals, whole_group: bool
 ) -> None:
+    """Service managers (systemd's default) signal every process of the group at once:
+    zygotes and workers must leave the drain to the gateway."""
     node = start_with_pools(start_node, tmp_path)
     thread, outcome = call_in_background(node, ms=1500)
 
-    node.signal(first)
+    if whole_group:
+        os.killpg(node.pgid, first)
+    else:
+        node.signal(first)
     code = wait_exit(node, timeout_s=10 + 5)  # --grace-s 10, and a margin for the cleanup
     thread.join(10)
 

@@ -135,6 +135,7 @@ async def test_init_runs_once_per_worker_after_the_fork() -> None:
         ("do=segfault", r"SIGSEGV \(segmentation fault\)"),
         ("do=exit&code=9", "exited with code 9"),
         ("do=kill", "SIGKILL"),
+        ("do=sys_exit", r"called sys\.exit\(\)"),
     ],
 )
 async def test_a_worker_that_dies_mid_call_fails_only_that_call(query: str, words: str) -> None:
@@ -188,13 +189,18 @@ async def test_hard_timeout_kills_and_replaces_the_worker(monkeypatch: pytest.Mo
         ),
     ],
 )
+@pytest.mark.parametrize("minimum", [1, 3])
 async def test_a_function_that_cannot_start_backs_off_then_is_fatal(
-    module: str, words: str
+    module: str, words: str, minimum: int
 ) -> None:
-    async with running(make_spec("handle", module=module)) as pool:
+    async with running(make_spec("handle", module=module, min=minimum, max=3)) as pool:
         await until(lambda: pool.state is PoolState.FATAL, "FATAL", timeout_s=15)
         failures = pool.stats.start_failures
-        assert failures == 3  # the first try and one per backoff step (0.1 s, 0.2 s)
+        # the first try and one per backoff step (0.1 s, 0.2 s), however many workers each
+        # attempt spawned: every attempt gets to fork ``minimum`` workers again
+        assert failures == 3
+        per_attempt = minimum if "init" in module else 0
+        assert pool.stats.spawned == 3 * per_attempt
         admission = pool.admit()
         assert admission.verdict is Verdict.UNAVAILABLE
         assert admission.failure().status == 503
@@ -402,3 +408,47 @@ async def test_a_call_pipelined_behind_a_hung_call_is_run_elsewhere(
             await hung
         result = await behind
         assert result.status == 200 and result.outcome == Outcome.OK
+
+
+def zygote_children() -> list[int]:
+    """Zygote processes that are children of this test process."""
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as children:
+            for pid in children.read().split():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                        if b"runtime.zygote" in cmdline.read() and alive(int(pid)):
+                            found.append(int(pid))
+                except FileNotFoundError:
+                    pass
+    return found
+
+
+async def test_scaling_a_fatal_pool_twice_starts_one_zygote(tmp_path: Path) -> None:
+    handler = tmp_path / "flaky.py"
+    handler.write_text(
+        "import pathlib\n"
+        "def init(context):\n"
+        "    if pathlib.Path(__file__).with_name('broken').exists():\n"
+        "        raise RuntimeError('not yet')\n"
+        "def handle(event):\n    return b'ok'\n"
+    )
+    (tmp_path / "broken").touch()
+    spec = make_spec("handle", module=str(handler), kind="file", root=tmp_path)
+    async with running(spec) as pool:
+        await until(lambda: pool.state is PoolState.FATAL, "FATAL", timeout_s=15)
+        (tmp_path / "broken").unlink()
+        pool.scale(1, 2)
+        pool.scale(1, 2)
+        await until(lambda: pool.serving_count() == 1, "a worker after the fresh start")
+        assert (await call(pool)).body == b"ok"
+        assert len(zygote_children()) == 1
+        assert pool.stats.spawned < 10, "no spawn loop"
+
+
+async def test_programs_a_handler_leaves_running_are_stopped_with_the_pool() -> None:
+    async with running(make_spec("misbehave", min=1, max=1)) as pool:
+        result = json.loads((await call(pool, "do=spawn")).body)
+        assert alive(result["child"])
+    await until(lambda: not alive(result["child"]), "the handler's child to be stopped")

@@ -43,6 +43,7 @@ POOL_ALLOWED = {
     (P.BACKOFF, P.FATAL),
     (P.BACKOFF, P.STOPPING),
     (P.FATAL, P.STARTING),
+    (P.FATAL, P.RUNNING),  # scaling a FATAL pool whose zygote lives retries init()
     (P.FATAL, P.STOPPING),
     (P.STOPPING, P.STOPPED),
 }
@@ -100,7 +101,7 @@ def test_notable_forbidden_transitions() -> None:
         with pytest.raises(IllegalTransition):
             check_worker(old, new)
     for old, new in [
-        (P.FATAL, P.RUNNING),  # a fatal pool only comes back through STARTING
+        (P.FATAL, P.BACKOFF),  # a fatal pool comes back only when scaled
         (P.STOPPED, P.RUNNING),
         (P.STOPPING, P.STARTING),
         (P.STOPPED, P.STOPPING),

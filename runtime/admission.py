@@ -35,3 +35,24 @@ class Admission(NamedTuple):
 
 
 FREE = Admission(Verdict.FREE_WORKER)
+
+
+def admit_to_queue(
+    function: str, *, queued: int, queue_max: int, max_wait_s: float, wait_s: float
+) -> Admission:
+    """No worker is free: may the call wait for one? Not if ``queue_max`` calls already wait,
+    nor if its estimated wait ``wait_s`` exceeds ``max_wait_s``."""
+    if queued >= queue_max:
+        return Admission(
+            Verdict.QUEUE_FULL,
+            wait_s,
+            f"function {function} is saturated: {queued} calls already wait for a worker",
+        )
+    if wait_s > max_wait_s:
+        return Admission(
+            Verdict.WAIT_TOO_LONG,
+            wait_s,
+            f"function {function} is saturated: a call would wait about {wait_s * 1000:.0f} ms, "
+            f"over its {max_wait_s * 1000:.0f} ms limit",
+        )
+    return Admission(Verdict.QUEUE_OK, wait_s)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from registry.specs import FunctionSpec
 from runtime import autoscaler
-from runtime.admission import FREE, Admission, Verdict
+from runtime.admission import FREE, Admission, Verdict, admit_to_queue
 from runtime.defaults import (
     BACKOFF_S,
     EXIT_STATUS_WAIT_S,
@@ -181,7 +181,8 @@ class WarmPool:
     # ---------------------------------------------------------------- calls
 
     def admit(self) -> Admission:
-        """Decide whether a call can be served here, and how long it would wait."""
+        """Decide whether a call can be served here, and how long it would wait (counts
+        the refusals as ``saturated``)."""
         if self.dispatch.free:
             return FREE
         state = self.state
@@ -189,25 +190,16 @@ class WarmPool:
             return Admission(Verdict.UNAVAILABLE, message=f"function {self.name} is stopping")
         if state in (PoolState.BACKOFF, PoolState.FATAL) and not self._any_serving():
             return Admission(Verdict.UNAVAILABLE, message=self._unavailable_message())
-        wait_s = self.estimate_wait_s()
-        queued = len(self.dispatch.queue)
-        if queued >= self.spec.pool.queue_max:
+        admission = admit_to_queue(
+            self.name,
+            queued=len(self.dispatch.queue),
+            queue_max=self.spec.pool.queue_max,
+            max_wait_s=self.dispatch.max_wait_s,
+            wait_s=self.estimate_wait_s(),
+        )
+        if not admission.admitted:
             self.stats.saturated += 1
-            return Admission(
-                Verdict.QUEUE_FULL,
-                wait_s,
-                f"function {self.name} is saturated: {queued} calls already wait for a worker",
-            )
-        if wait_s > self.dispatch.max_wait_s:
-            self.stats.saturated += 1
-            return Admission(
-                Verdict.WAIT_TOO_LONG,
-                wait_s,
-                f"function {self.name} is saturated: a call would wait about "
-                f"{wait_s * 1000:.0f} ms, over its {self.spec.pool.max_queue_wait_ms}"
-                " ms limit",
-            )
-        return Admission(Verdict.QUEUE_OK, wait_s)
+        return admission
 
     def estimate_wait_s(self) -> float:
         """Expected wait for a worker slot: queue depth × recent service time ÷ slots, plus

@@ -9,6 +9,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,7 +23,7 @@ MAX_ADMIN_BODY_BYTES = 64 * 1024
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _node(request: Request) -> Node:
+def node_of(request: Request) -> Node:
     node: Node = request.app.state.node
     return node
 
@@ -31,7 +32,7 @@ def admin(endpoint: Endpoint) -> Endpoint:
     """Wrap an endpoint so that it answers only with the node's admin token."""
 
     async def guarded(request: Request) -> Response:
-        check_bearer(request, _node(request).admin_token)
+        check_bearer(request, node_of(request).admin_token)
         return await endpoint(request)
 
     guarded.__doc__ = endpoint.__doc__
@@ -47,18 +48,39 @@ async def list_functions(request: Request) -> Response:
       401: {description: "No bearer token."}
       403: {description: "Wrong bearer token."}
     """
-    return JSONResponse([_with_openfaas_fields(p) for p in _node(request).supervisor.snapshot()])
+    return JSONResponse([_with_openfaas_fields(p) for p in node_of(request).supervisor.snapshot()])
 
 
 async def get_function(request: Request) -> Response:
     """
-    summary: One function's pool state, counters and last error
+    summary: One function's pool state, counters, last error, and its rollout in the mesh
     responses:
-      200: {description: "The function's pool."}
-      404: {description: "No such function on this node."}
+      200: {description: "The function's pool here, its desired version and each node's state."}
+      404: {description: "No such function on this node or in its mesh."}
     """
-    pool = _pool(request)
-    return JSONResponse(_with_openfaas_fields(pool.snapshot()))
+    node = node_of(request)
+    name = request.path_params["name"]
+    pool = node.supervisor.pools.get(name)
+    view: dict[str, Any] = _with_openfaas_fields(pool.snapshot()) if pool else {"name": name}
+    view["mesh"] = await _mesh_view(node, name)
+    if pool is None and view["mesh"].get("desired") is None:
+        raise NotFound(f"no function named {name!r} on this node or in its mesh")
+    return JSONResponse(view)
+
+
+async def _mesh_view(node: Node, name: str) -> dict[str, Any]:
+    """The function's desired version and how each live node is doing with it."""
+    try:
+        entry = await node.mesh.desired_state().entry(name)
+        records = await node.mesh.live_nodes()
+    except RedisError as exc:
+        local = node.record()["functions"].get(name)
+        return {"reachable": False, "error": str(exc), "nodes": {node.name: local}}
+    return {
+        "reachable": True,
+        "desired": {"digest": entry.digest, "version": entry.version} if entry else None,
+        "nodes": {r["name"]: r["functions"].get(name) for r in records},
+    }
 
 
 async def scale_function(request: Request) -> Response:
@@ -74,7 +96,7 @@ async def scale_function(request: Request) -> Response:
       404: {description: "No such function on this node."}
     """
     pool = _pool(request)
-    body = await _json_object(request)
+    body = await json_object(request)
     low, high = _bounds(body, pool.name, pool.max)
     pool.scale(low, high, exact="replicas" in body)
     return JSONResponse(
@@ -89,7 +111,7 @@ async def system_info(request: Request) -> Response:
     responses:
       200: {description: "Node information."}
     """
-    return JSONResponse(_node(request).info())
+    return JSONResponse(node_of(request).info())
 
 
 async def healthz(request: Request) -> Response:
@@ -98,7 +120,7 @@ async def healthz(request: Request) -> Response:
     responses:
       200: {description: "The gateway is alive."}
     """
-    return JSONResponse({"status": "ok", "node": _node(request).name})
+    return JSONResponse({"status": "ok", "node": node_of(request).name})
 
 
 async def readyz(request: Request) -> Response:
@@ -108,7 +130,7 @@ async def readyz(request: Request) -> Response:
       200: {description: "Ready."}
       503: {description: "Some pool is starting, backing off or fatal."}
     """
-    supervisor = _node(request).supervisor
+    supervisor = node_of(request).supervisor
     pools = {p["name"]: p["state"] for p in supervisor.snapshot()}
     ready = supervisor.ready()
     return JSONResponse({"ready": ready, "functions": pools}, status_code=200 if ready else 503)
@@ -121,19 +143,19 @@ async def metrics(request: Request) -> Response:
       200: {description: "Metrics in the Prometheus text format."}
     """
     return Response(
-        _node(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        node_of(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
     )
 
 
 def _pool(request: Request) -> WarmPool:
     name = request.path_params["name"]
-    pool = _node(request).supervisor.pools.get(name)
+    pool = node_of(request).supervisor.pools.get(name)
     if pool is None:
         raise NotFound(f"no function named {name!r} on this node")
     return pool
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if len(raw) > MAX_ADMIN_BODY_BYTES:
         raise BadRequest(f"body: larger than {MAX_ADMIN_BODY_BYTES} bytes")

@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin
+from gateway import admin, mesh_api
 from gateway.errors import GatewayError, error_response, internal_error_response
 from gateway.invoke import Invoker
 from gateway.node import Node
@@ -46,10 +46,7 @@ class Gateway:
     def __init__(self, node: Node, app: Starlette) -> None:
         self.app = app
         self.invoke = Invoker(node)
-        self.triggers: dict[str, tuple[str, tuple[str, ...]]] = {}
-        if node.manifest is not None:
-            for path, (spec, trigger) in node.manifest.trigger_routes().items():
-                self.triggers[path] = (spec.name, trigger.methods)
+        self.triggers = node.supervisor.triggers  # updated in place as versions switch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -77,7 +74,7 @@ def create_app(node: Node) -> Gateway:
         finally:
             await node.close()
 
-    routes: list[BaseRoute] = list(admin.routes())
+    routes: list[BaseRoute] = [*admin.routes(), *mesh_api.routes()]
     schema = SchemaGenerator(
         {"openapi": "3.0.0", "info": {"title": "edgefaas gateway", "version": "1"}}
     )

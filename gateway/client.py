@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -108,6 +110,71 @@ def scale(settings: Settings, name: str, body: dict[str, int]) -> dict[str, Any]
     return result
 
 
+def nodes(settings: Settings) -> dict[str, Any]:
+    result: dict[str, Any] = check(request(settings, "GET", "/system/nodes", admin=True)).json()
+    return result
+
+
+def remove(settings: Settings, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = check(
+        request(settings, "DELETE", f"/system/functions/{name}", admin=True)
+    ).json()
+    return result
+
+
+def rollback(settings: Settings, name: str, to_version: int | None) -> dict[str, Any]:
+    body = {} if to_version is None else {"to": to_version}
+    result: dict[str, Any] = check(
+        request(settings, "POST", f"/system/functions/{name}/rollback", admin=True, json_body=body)
+    ).json()
+    return result
+
+
+def format_nodes(mesh: dict[str, Any]) -> str:
+    """``edgefaas nodes`` output: one row per live node."""
+    header = ("NODE", "ROLE", "STATE", "URL", "FUNCTIONS", "BUSY/READY", "QUEUE", "HEARTBEAT")
+    rows = [header]
+    now = time.time()
+    for record in mesh["nodes"]:
+        functions = record.get("functions") or {}
+        names = []
+        busy = ready = queue = 0
+        for name, status in sorted(functions.items()):
+            version = status.get("version")
+            failed = " FAILED" if status.get("failed") else ""
+            names.append(f"{name}@v{version}{failed}" if version else f"{name}{failed}")
+            workers = status.get("workers") or {}
+            busy += workers.get("busy", 0)
+            ready += workers.get("ready", 0)
+            queue += status.get("queue_depth", 0)
+        state = "degraded" if record.get("degraded") else "ok"
+        age = now - float(record.get("heartbeat_at", now))
+        rows.append(
+            (
+                record["name"],
+                record.get("role", "?"),
+                state,
+                record.get("url", "?"),
+                " ".join(names) or "-",
+                f"{busy}/{ready}",
+                str(queue),
+                f"{age:.1f}s ago",
+            )
+        )
+    table = _columns(rows)
+    if mesh.get("mesh") != "ok":
+        table += f"\nmesh: {mesh.get('mesh')} — showing this node only"
+    return table
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
 def format_table(functions: list[dict[str, Any]]) -> str:
     """``edgefaas ls`` output: one row per function."""
     header = (
@@ -143,11 +210,7 @@ def format_table(functions: list[dict[str, Any]]) -> str:
                 last[:60],
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return _columns(rows)
 
 
 def dumps(value: Any) -> str:

@@ -44,6 +44,11 @@ class MethodNotAllowed(GatewayError):
         self.allowed = allowed
 
 
+class Conflict(GatewayError):
+    status = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"

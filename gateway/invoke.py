@@ -88,6 +88,7 @@ class Invoker:
             if length > self.max_body:
                 raise PayloadTooLarge(self._too_large(length))
             body = await self._read_body(receive)
+            pool = self.pools.get(name, pool)  # a new version may have taken over meanwhile
             admission = pool.admit()
             if not admission.admitted:
                 raise admission.failure()

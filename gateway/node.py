@@ -1,15 +1,25 @@
-"""One node: its settings, manifest, admin token, metrics and supervisor, opened and closed
-together (the app's lifespan and the server runner both drive it)."""
+"""One node: its settings, keys, metrics, supervisor and place in the mesh, opened and closed
+together (the app's lifespan and the server runner both drive it).
+
+Every function reaches the node through the mesh's desired state: a node started with a
+manifest publishes it (signed with the node's key) to its mesh — its own embedded Redis by
+default — and then runs what the mesh desires, like every other node.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
+
+from registry.signing import TrustedKeys
 
 from gateway.auth import load_or_create_token, token_path
 from gateway.calllog import CallLog
 from gateway.invoke import CallIds
+from gateway.mesh import MeshAgent, load_or_create_secret, load_or_create_signing_key
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from registry.specs import Manifest
@@ -26,15 +36,23 @@ class Node:
         self.manifest = manifest
         self.name = settings.node_name()
         self.data_dir = settings.resolved_data_dir()
+        self.url = settings.advertise or f"http://{settings.host}:{settings.port}"
         self.metrics = Metrics()
-        specs = manifest.functions.values() if manifest else ()
-        self.supervisor = Supervisor(specs, observer=self.metrics)
+        self.supervisor = Supervisor(observer=self.metrics)
         self.metrics.watch_pools(self.supervisor.snapshot)
         self.call_ids = CallIds()
         self.call_log = CallLog() if settings.call_log else None
         self.admin_token = ""
         self.started_at = 0.0
+        self._mesh: MeshAgent | None = None
         self._open = False
+        self._closed = False
+
+    @property
+    def mesh(self) -> MeshAgent:
+        if self._mesh is None:
+            raise RuntimeError("the node is not started")
+        return self._mesh
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -48,26 +66,76 @@ class Node:
             return
         self._open = True
         self.started_at = time.time()
-        if self.settings.admin_token.strip():
-            self.admin_token = self.settings.admin_token.strip()
-            log.info("admin token: from EDGEFAAS_ADMIN_TOKEN")
-        else:
-            self.admin_token = load_or_create_token(self.data_dir)
-            log.info("admin token: in %s", token_path(self.data_dir))
+        self.admin_token = self._admin_token()
         if self.call_log is not None:
             self.call_log.start()
         await self.supervisor.start()
+        self._mesh = self._mesh_agent()
+        await self._mesh.start(self.manifest, self.record)
 
     async def close(self, force: bool = False) -> None:
+        """Leave the mesh, then stop every pool (graceful unless ``force``)."""
+        if self._mesh is not None and not self._closed:
+            self._closed = True
+            await self._mesh.close()
         await self.supervisor.close(force=force)
         if self.call_log is not None:
             await self.call_log.close()
 
+    def record(self) -> dict[str, Any]:
+        """This node as the mesh sees it (its heartbeat record)."""
+        mesh = self._mesh
+        return {
+            "name": self.name,
+            "role": self.settings.role,
+            "url": self.url,
+            "capacity": {"cpus": os.cpu_count() or 1},
+            "functions": mesh.reconciler.status() if mesh else {},
+            "degraded": bool(mesh and mesh.degraded_since is not None),
+            "started_at": self.started_at,
+            "heartbeat_at": time.time(),
+        }
+
     def info(self) -> dict[str, Any]:
+        mesh = self._mesh
         return {
             "node": self.name,
-            "role": "edge",
+            "role": self.settings.role,
+            "url": self.url,
             "manifest": str(self.manifest.path) if self.manifest else None,
+            "redis": mesh.redis_url if mesh else None,
+            "mesh": mesh.status() if mesh else None,
+            "signing_key_id": mesh.signing_key.key_id if mesh else None,
+            "trusted_key_ids": mesh.trusted.key_ids if mesh else [],
             "functions": len(self.supervisor.pools),
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
         }
+
+    def _admin_token(self) -> str:
+        if self.settings.admin_token.strip():
+            log.info("admin token: from EDGEFAAS_ADMIN_TOKEN")
+            return self.settings.admin_token.strip()
+        token = load_or_create_token(self.data_dir)
+        log.info("admin token: in %s", token_path(self.data_dir))
+        return token
+
+    def _mesh_agent(self) -> MeshAgent:
+        settings = self.settings
+        signing_key = load_or_create_signing_key(
+            settings.signing_key or self.data_dir / "signing.key"
+        )
+        paths = [Path(p.strip()) for p in settings.trusted_keys.split(",") if p.strip()]
+        trusted = TrustedKeys.load(paths).with_key(signing_key.public)
+        mesh_key = settings.mesh_key.strip().encode() or load_or_create_secret(
+            self.data_dir / "mesh-key"
+        )
+        return MeshAgent(
+            self.name,
+            self.data_dir,
+            self.supervisor,
+            redis_url=settings.redis,
+            key_prefix=settings.key_prefix,
+            signing_key=signing_key,
+            trusted=trusted,
+            mesh_key=mesh_key,
+        )

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,11 @@ from gateway.errors import SettingsError
 from runtime.protocol import MAX_FRAME_BYTES
 
 UP = ("up",)
-CLIENT = ("invoke", "ls", "scale")
+CLIENT = ("invoke", "ls", "scale", "nodes", "deploy", "rm", "rollback")
 ENV_PREFIX = "EDGEFAAS_"
 MiB = 1024 * 1024
 MAX_BODY_BYTES = MAX_FRAME_BYTES // 2  # a body must fit in one worker frame, with headroom
+_URL = re.compile(r"(redis|rediss|unix|http|https)://\S+")
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -51,6 +52,23 @@ class Settings:
         "node state: admin token, later bundles (default: ~/.local/share/edgefaas/NODE)",
         UP + CLIENT,
     )
+    redis: str = setting(
+        "", "Redis URL of the mesh to join (default: an embedded Redis server in DATA_DIR)", UP
+    )
+    role: str = setting("edge", "edge or cloud", UP)
+    advertise: str = setting("", "URL peers reach this node at (default: http://HOST:PORT)", UP)
+    key_prefix: str = setting("edgefaas", "prefix of the mesh's Redis keys", UP)
+    signing_key: Path | None = setting(
+        None,
+        "Ed25519 key that signs bundles (default: DATA_DIR/signing.key, generated)",
+        (*UP, "deploy"),
+    )
+    trusted_keys: str = setting(
+        "",
+        "comma-separated .pub files or folders of keys whose bundles this node runs "
+        "(it always trusts its own signing key)",
+        UP,
+    )
     max_body_bytes: int = setting(6 * MiB, "largest request body accepted (413 above)", UP)
     grace_s: float = setting(30.0, "on SIGTERM, how long in-flight calls may finish", UP)
     log_level: str = setting("info", "debug, info, warning or error", UP)
@@ -60,6 +78,14 @@ class Settings:
         "",
         "admin API token (default: generated and kept in DATA_DIR)",
         UP + CLIENT,
+        flag=False,
+        secret=True,
+    )
+    mesh_key: str = setting(
+        "",
+        "shared secret that authenticates nodes to each other (default: generated in "
+        "DATA_DIR/mesh-key)",
+        UP,
         flag=False,
         secret=True,
     )
@@ -152,18 +178,41 @@ def _check(name: str, value: Any, source: str) -> None:
         raise SettingsError(f"{source}: {problem}, got {value!r}")
 
 
+def _url_ok(value: str) -> bool:
+    return not value or bool(_URL.fullmatch(value))
+
+
+_URL_EXPECTED = "expected a URL such as redis://host:6379/0, unix:///path or http://host:port"
+# setting → (test its value passes, what was expected)
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "port": (lambda v: 0 <= v <= 65535, "expected a port 0–65535"),
+    "max_body_bytes": (
+        lambda v: 1 <= v <= MAX_BODY_BYTES,
+        f"expected a number of bytes from 1 to {MAX_BODY_BYTES}",
+    ),
+    "grace_s": (lambda v: 0 <= v < float("inf"), "expected seconds ≥ 0"),
+    "log_level": (
+        lambda v: v.lower() in ("debug", "info", "warning", "error"),
+        "expected debug, info, warning or error",
+    ),
+    "role": (lambda v: v in ("edge", "cloud"), "expected edge or cloud"),
+    "redis": (_url_ok, _URL_EXPECTED),
+    "advertise": (_url_ok, _URL_EXPECTED),
+    "gateway": (_url_ok, _URL_EXPECTED),
+    "node": (
+        lambda v: bool(_NODE_NAME.fullmatch(v)),
+        "expected 1–63 letters, digits, '.', '_' or '-'",
+    ),
+    "key_prefix": (
+        lambda v: bool(_NODE_NAME.fullmatch(v)),
+        "expected 1–63 letters, digits, '.', '_' or '-'",
+    ),
+}
+
+
 def _problem(name: str, value: Any) -> str:
-    if name == "port" and not 0 <= value <= 65535:
-        return "expected a port 0–65535"
-    if name == "max_body_bytes" and not 1 <= value <= MAX_BODY_BYTES:
-        return f"expected a number of bytes from 1 to {MAX_BODY_BYTES}"
-    if name == "grace_s" and not 0 <= value < float("inf"):
-        return "expected seconds ≥ 0"
-    if name == "log_level" and value.lower() not in ("debug", "info", "warning", "error"):
-        return "expected debug, info, warning or error"
-    if name == "node" and not _NODE_NAME.fullmatch(value):
-        return "expected 1–63 letters, digits, '.', '_' or '-'"
-    return ""
+    check = _CHECKS.get(name)
+    return "" if check is None or check[0](value) else check[1]
 
 
 def resolve(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:

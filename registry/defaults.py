@@ -29,3 +29,9 @@ RESERVED_PATH_PREFIXES = (
     "/metrics",
     "/openapi.json",
 )
+
+# Bundles: what a node accepts before it unpacks anything (the packed limit is also what a
+# gateway or peer accepts over HTTP).
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024  # packed (gzip'd tar) size
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # sum of the archive members' sizes
+MAX_BUNDLE_MEMBERS = 20_000

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-HandlerKind = Literal["file", "module"]
+HandlerKind = Literal["file", "module", "pickle"]
 
 
 @dataclass(frozen=True, slots=True)
 class HandlerRef:
-    """Where a handler lives: a Python file (absolute path) or an importable module name."""
+    """Where a handler lives: a Python file (absolute path), an importable module name, or
+    a cloudpickled callable (absolute path of its file inside an unpacked bundle)."""
 
     kind: HandlerKind
     target: str

@@ -106,11 +106,15 @@ class WarmPool:
         self._set_state(PoolState.RUNNING)
         self._fill()
 
-    async def stop(self, force: bool = False) -> None:
-        """Stop every worker and the zygote. Without ``force``, busy workers finish their
-        calls first (bounded by STOP_TIMEOUT_S); with it, everything is killed at once."""
+    async def stop(self, force: bool = False, drain: bool = False) -> None:
+        """Stop every worker and the zygote. With ``drain`` (a version switch), queued and
+        running calls finish first; without, queued calls are refused and busy workers get
+        STOP_TIMEOUT_S (the node's own grace period is over); with ``force``, everything is
+        killed at once."""
         if self.state in (PoolState.STOPPING, PoolState.STOPPED):
             return
+        if drain and not force:
+            await self._drain()
         self._set_state(PoolState.STOPPING)
         self.dispatch.fail_queue(Unavailable(f"function {self.name} is stopping"))
         stopping = Unavailable(f"function {self.name} stopped: the node is shutting down")
@@ -134,6 +138,16 @@ class WarmPool:
             for task in pending:
                 task.cancel()
         self._set_state(PoolState.STOPPED)
+
+    async def _drain(self) -> None:
+        """Wait for queued and running calls to finish (callers have stopped sending new
+        ones). Bounded: queued calls expire after max_queue_wait_ms and running ones are
+        killed at their hard timeout."""
+        deadline = time.monotonic() + self.dispatch.max_wait_s + self._hard_timeout_s + 1.0
+        while time.monotonic() < deadline and (
+            self.dispatch.queue or any(w.calls for w in self.workers.values())
+        ):
+            await asyncio.sleep(0.02)
 
     def scale(self, min_workers: int, max_workers: int, *, exact: bool = False) -> None:
         """Set new bounds and retire workers above ``max`` now (above ``min`` too when

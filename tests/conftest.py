@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytest_plugins = ["tests.redis_fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 ADMIN_TOKEN = "test-admin-token-0123456789"

@@ -1,0 +1,255 @@
+"""This node's part in the mesh: its Redis connection, its heartbeat, and the watch that keeps
+its pools at the mesh's desired state.
+
+When Redis cannot be reached the node is *degraded*, not dead: it keeps serving what it runs
+(and, when it starts without Redis, what it ran last, from its own disk), retries with
+backoff, and resyncs when Redis answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from registry.bundle import build_bundle
+from registry.redis_server import EmbeddedRedis
+from registry.signing import SigningKey, TrustedKeys
+
+from gateway.reconciler import Reconciler, entries_from_applied
+from registry.desired import DesiredEntry, DesiredState
+from registry.fetch import Fetcher
+from registry.keys import Keys
+from registry.membership import HEARTBEAT_S, Membership, NodeRecord
+from registry.meshauth import sign_request
+from registry.specs import Manifest
+from registry.store import BundleStore
+from runtime.supervisor import Supervisor
+
+log = logging.getLogger("edgefaas.mesh")
+
+WATCH_S = 0.25  # how often the desired state's generation is polled
+RETRY_MAX_S = 5.0  # backoff ceiling while Redis is unreachable
+REDIS_TIMEOUT_S = 2.0
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """A random secret kept in ``path`` (0600), created at first use."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    return path.read_text(encoding="ascii").strip().encode()
+
+
+def load_or_create_signing_key(path: Path) -> SigningKey:
+    """The node's signing key at ``path``, generated (with ``.pub`` beside it) if missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        SigningKey.generate().save(path, path.with_suffix(".pub"))
+        log.info("generated a signing key in %s", path)
+    return SigningKey.load(path)
+
+
+class MeshAgent:
+    """Opened by the node at start, closed at shutdown."""
+
+    def __init__(
+        self,
+        name: str,
+        data_dir: Path,
+        supervisor: Supervisor,
+        *,
+        redis_url: str,
+        key_prefix: str,
+        signing_key: SigningKey,
+        trusted: TrustedKeys,
+        mesh_key: bytes,
+    ) -> None:
+        self.name = name
+        self.instance = uuid.uuid4().hex
+        self.data_dir = data_dir
+        self.keys = Keys(key_prefix)
+        self.signing_key = signing_key
+        self.trusted = trusted
+        self.mesh_key = mesh_key
+        self.store = BundleStore(data_dir, trusted)
+        self.fetcher = Fetcher(self.store, self.authenticate)
+        self.reconciler = Reconciler(supervisor, self.store, self.fetcher)
+        self.degraded_since: float | None = None
+        self.degraded_reason = ""
+        self._record: Callable[[], NodeRecord] = dict
+        self._redis_url = redis_url
+        self._embedded: EmbeddedRedis | None = None
+        self._generation = -1
+        self._tasks: list[asyncio.Task[None]] = []
+        self.redis: Redis | None = None
+        self.desired: DesiredState | None = None
+        self.members: Membership | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return self._redis_url
+
+    async def start(self, manifest: Manifest | None, record: Callable[[], NodeRecord]) -> None:
+        """Connect, claim the node name, publish ``manifest`` (if any) to the mesh and run
+        what the mesh desires — or, when Redis is unreachable, what this node ran last."""
+        if not self._redis_url:
+            self._embedded = EmbeddedRedis(self.data_dir / "redis")
+            self._redis_url = await asyncio.to_thread(self._embedded.start)
+            log.info("embedded Redis at %s", self._redis_url)
+        self.redis = Redis.from_url(
+            self._redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        self.desired = DesiredState(self.redis, self.keys)
+        self.members = Membership(self.redis, self.keys, self.name, self.instance)
+        self._record = record
+        try:
+            await self.members.claim()
+            if manifest is not None:
+                await self.publish(manifest)
+            await self.members.beat(record())
+            await self._resync()
+        except RedisError as exc:
+            self._degrade(exc)
+            entries = entries_from_applied(self.store.load_applied())
+            log.warning(
+                "serving the %d function(s) this node ran last, from its disk", len(entries)
+            )
+            await self.reconciler.apply(entries, self._no_sources)
+        self._tasks = [self._spawn(self._heartbeat_loop()), self._spawn(self._watch_loop())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.members is not None:
+            with contextlib.suppress(RedisError):
+                await self.members.leave()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.fetcher.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+
+    async def publish(self, manifest: Manifest) -> list[DesiredEntry]:
+        """Build, sign and store a bundle per function of ``manifest`` and make them the
+        mesh's desired versions (as ``edgefaas deploy`` does through the API)."""
+        desired = self._require_desired()
+        entries = []
+        for spec in manifest.functions.values():
+            bundle = await asyncio.to_thread(build_bundle, spec)
+            signed = bundle.sign(self.signing_key)
+            await asyncio.to_thread(
+                self.store.put, signed.data, signed.digest, signed.signature, signed.key_id
+            )
+            await desired.add_holder(signed.digest, self.name)
+            triggers = [t.path for t in spec.triggers]
+            entries.append(
+                await desired.assign(
+                    spec.name, signed.digest, signed.signature, signed.key_id, triggers
+                )
+            )
+        return entries
+
+    def authenticate(self, method: str, path: str) -> dict[str, str]:
+        return sign_request(self.mesh_key, self.name, method, path)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "degraded": self.degraded_since is not None,
+            "degraded_since": self.degraded_since,
+            "reason": self.degraded_reason or None,
+        }
+
+    async def live_nodes(self) -> list[NodeRecord]:
+        return await self._require_members().live()
+
+    async def sources(self, digest: str) -> dict[str, str]:
+        """Live nodes (other than this one) that hold ``digest``: name → URL."""
+        holders = await self._require_desired().holders(digest)
+        return {
+            r["name"]: r["url"]
+            for r in await self._require_members().live()
+            if r["name"] in holders and r["name"] != self.name
+        }
+
+    def desired_state(self) -> DesiredState:
+        return self._require_desired()
+
+    def _require_desired(self) -> DesiredState:
+        if self.desired is None:
+            raise RuntimeError("the mesh agent is not started")
+        return self.desired
+
+    def _require_members(self) -> Membership:
+        if self.members is None:
+            raise RuntimeError("the mesh agent is not started")
+        return self.members
+
+    async def _resync(self) -> None:
+        desired = self._require_desired()
+        generation = await desired.generation()
+        entries = await desired.entries()
+        await self.reconciler.apply(entries, self.sources)
+        self._generation = generation
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self._require_members().beat(self._record())
+                self._recover()
+            except RedisError as exc:
+                self._degrade(exc)
+
+    async def _watch_loop(self) -> None:
+        delay = WATCH_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                if await self._require_desired().generation() != self._generation:
+                    await self._resync()
+                self._recover()
+                delay = WATCH_S
+            except RedisError as exc:
+                self._degrade(exc)
+                delay = min(RETRY_MAX_S, delay * 2)
+
+    def _degrade(self, exc: Exception) -> None:
+        if self.degraded_since is None:
+            self.degraded_since = time.time()
+            log.warning(
+                "mesh degraded: Redis at %s is unreachable (%s); serving what this "
+                "node has and retrying",
+                self._redis_url,
+                exc,
+            )
+        self.degraded_reason = f"Redis unreachable: {exc}"
+
+    def _recover(self) -> None:
+        if self.degraded_since is not None:
+            log.info(
+                "mesh reachable again after %.1f s; resyncing", time.time() - self.degraded_since
+            )
+            self.degraded_since = None
+            self.degraded_reason = ""
+            self._generation = -1  # force a full resync on the next watch
+
+    async def _no_sources(self, digest: str) -> dict[str, str]:
+        return {}
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(coro)

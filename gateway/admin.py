@@ -126,14 +126,17 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """
     summary: Readiness; 200 when every pool runs with at least its minimum of workers
+    description: A node whose mesh (Redis) is unreachable still serves, so it stays ready;
+      "mesh" in the body says it is degraded.
     responses:
       200: {description: "Ready."}
       503: {description: "Some pool is starting, backing off or fatal."}
     """
-    supervisor = node_of(request).supervisor
-    pools = {p["name"]: p["state"] for p in supervisor.snapshot()}
-    ready = supervisor.ready()
-    return JSONResponse({"ready": ready, "functions": pools}, status_code=200 if ready else 503)
+    node = node_of(request)
+    pools = {p["name"]: p["state"] for p in node.supervisor.snapshot()}
+    ready = node.supervisor.ready()
+    body = {"ready": ready, "functions": pools, "mesh": node.mesh.status()}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:

@@ -21,11 +21,11 @@ from types import FrameType
 from typing import TextIO
 
 import httpx
-from registry.redis_server import EmbeddedRedis
-from registry.signing import generate_key_pair
 
 from gateway.auth import load_or_create_token
 from gateway.mesh import load_or_create_secret
+from registry.redis_server import EmbeddedRedis
+from registry.signing import generate_key_pair
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0
@@ -134,12 +134,15 @@ def _start_member(
     ]
     if manifest is not None:
         command += ["--manifest", str(manifest)]
+    home = data_dir / name
+    home.mkdir(exist_ok=True, mode=0o700)
     log = open(data_dir / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
         command,
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
+        cwd=home,  # not the caller's folder: only the first node publishes a manifest
         preexec_fn=_die_with_us,  # noqa: PLW1509 (this process runs no threads)
     )
     log.close()

@@ -21,16 +21,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from registry.bundle import build_bundle
-from registry.redis_server import EmbeddedRedis
-from registry.signing import SigningKey, TrustedKeys
 
 from gateway.reconciler import Reconciler, entries_from_applied
+from registry.bundle import build_bundle
 from registry.desired import DesiredEntry, DesiredState
 from registry.fetch import Fetcher
 from registry.keys import Keys
 from registry.membership import HEARTBEAT_S, Membership, NodeRecord
 from registry.meshauth import sign_request
+from registry.redis_server import EmbeddedRedis
+from registry.signing import SigningKey, TrustedKeys
 from registry.specs import Manifest
 from registry.store import BundleStore
 from runtime.supervisor import Supervisor
@@ -178,12 +178,12 @@ class MeshAgent:
         return await self._require_members().live()
 
     async def sources(self, digest: str) -> dict[str, str]:
-        """Live nodes (other than this one) that hold ``digest``: name → URL."""
+        """Live, serving nodes (other than this one) that hold ``digest``: name → URL."""
         holders = await self._require_desired().holders(digest)
         return {
             r["name"]: r["url"]
             for r in await self._require_members().live()
-            if r["name"] in holders and r["name"] != self.name
+            if r["name"] in holders and r["name"] != self.name and r.get("serving")
         }
 
     def desired_state(self) -> DesiredState:
@@ -220,7 +220,8 @@ class MeshAgent:
         while True:
             await asyncio.sleep(delay)
             try:
-                if await self._require_desired().generation() != self._generation:
+                generation = await self._require_desired().generation()
+                if generation != self._generation or self.reconciler.retries_due():
                     await self._resync()
                 self._recover()
                 delay = WATCH_S

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from registry.signing import TrustedKeys
-
 from gateway.auth import load_or_create_token, token_path
 from gateway.calllog import CallLog
 from gateway.invoke import CallIds
 from gateway.mesh import MeshAgent, load_or_create_secret, load_or_create_signing_key
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from registry.signing import TrustedKeys
 from registry.specs import Manifest
 from runtime.supervisor import Supervisor
 
@@ -45,6 +44,7 @@ class Node:
         self.admin_token = ""
         self.started_at = 0.0
         self._mesh: MeshAgent | None = None
+        self.serving = False
         self._open = False
         self._closed = False
 
@@ -72,6 +72,7 @@ class Node:
         await self.supervisor.start()
         self._mesh = self._mesh_agent()
         await self._mesh.start(self.manifest, self.record)
+        self.serving = True  # the server binds its port right after this returns
 
     async def close(self, force: bool = False) -> None:
         """Leave the mesh, then stop every pool (graceful unless ``force``)."""
@@ -92,6 +93,7 @@ class Node:
             "capacity": {"cpus": os.cpu_count() or 1},
             "functions": mesh.reconciler.status() if mesh else {},
             "degraded": bool(mesh and mesh.degraded_since is not None),
+            "serving": self.serving,
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
         }

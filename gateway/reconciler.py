@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry.desired import DesiredEntry
-from registry.errors import RegistryError
+from registry.errors import MeshError, RegistryError
 from registry.fetch import Fetcher
 from registry.store import BundleMeta, BundleStore
 from runtime.defaults import INIT_TIMEOUT_S
@@ -28,6 +28,7 @@ from runtime.supervisor import Supervisor
 
 log = logging.getLogger("edgefaas.gateway")
 
+FETCH_RETRY_MAX_S = 10.0
 Sources = Callable[[str], Awaitable[dict[str, str]]]  # digest → {node name: URL}
 
 
@@ -43,6 +44,8 @@ class Failure:
     version: int
     message: str
     at: float
+    retry_at: float | None = None  # set when the cause may pass (no holder reachable yet)
+    attempts: int = 1
 
 
 class Reconciler:
@@ -97,12 +100,22 @@ class Reconciler:
             self.failures.pop(name, None)
             return False
         failure = self.failures.get(name)
-        return failure is None or failure.version != entry.version
+        if failure is None or failure.version != entry.version:
+            return True
+        return failure.retry_at is not None and time.monotonic() >= failure.retry_at
+
+    def retries_due(self) -> bool:
+        """Whether a failed fetch should be tried again now."""
+        now = time.monotonic()
+        return any(f.retry_at is not None and now >= f.retry_at for f in self.failures.values())
 
     async def _switch(self, entry: DesiredEntry, sources: Sources) -> None:
         started = time.monotonic()
         try:
             pool, problem = await self._prepare(entry, sources)
+        except MeshError as exc:  # no holder could be reached: try again soon
+            self._failed(entry, exc, retry=True)
+            return
         except Exception as exc:
             self._failed(entry, exc)
             return
@@ -129,20 +142,34 @@ class Reconciler:
             (time.monotonic() - started) * 1000,
         )
 
-    def _failed(self, entry: DesiredEntry, exc: Exception) -> None:
+    def _failed(self, entry: DesiredEntry, exc: Exception, retry: bool = False) -> None:
+        previous = self.failures.get(entry.name)
+        attempts = previous.attempts + 1 if previous and previous.version == entry.version else 1
         if isinstance(exc, RegistryError):
             message = str(exc)
         else:
             message = f"{type(exc).__name__}: {exc}"
             log.exception("function %s: version %d failed", entry.name, entry.version)
-        log.error(
-            "function %s: version %d (%s) does not run here: %s",
-            entry.name,
-            entry.version,
-            entry.digest[:12],
-            message,
+        if retry:
+            log.warning(
+                "function %s: version %d (%s) not fetched yet: %s; retrying",
+                entry.name,
+                entry.version,
+                entry.digest[:12],
+                message,
+            )
+        else:
+            log.error(
+                "function %s: version %d (%s) does not run here: %s",
+                entry.name,
+                entry.version,
+                entry.digest[:12],
+                message,
+            )
+        retry_at = time.monotonic() + min(FETCH_RETRY_MAX_S, 0.5 * 2**attempts) if retry else None
+        self.failures[entry.name] = Failure(
+            entry.digest, entry.version, message, time.time(), retry_at, attempts
         )
-        self.failures[entry.name] = Failure(entry.digest, entry.version, message, time.time())
 
     async def _prepare(self, entry: DesiredEntry, sources: Sources) -> tuple[WarmPool, str]:
         """Fetch, verify, unpack and warm the new version. Returns its pool and, if the

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import httpx
 
 from registry.defaults import MAX_BUNDLE_BYTES
-from registry.errors import BundleRejected, MeshError
+from registry.errors import MeshError
 from registry.store import BundleMeta, BundleStore
 
 FETCH_TIMEOUT_S = 30.0
@@ -47,8 +47,10 @@ class Fetcher:
                 data = await self._download(url, digest)
                 await asyncio.to_thread(self.store.put, data, digest, meta.signature, meta.key_id)
                 return node
-            except (httpx.HTTPError, BundleRejected, MeshError) as exc:
+            except (httpx.HTTPError, MeshError) as exc:
                 problems.append(f"{node}: {exc}")
+            # BundleRejected passes through: the bytes are the digest's, their signature is
+            # what the node refuses — another holder would send the same bytes.
         if not problems:
             raise MeshError(f"no live node holds bundle {digest[:12]}")
         raise MeshError(f"could not fetch bundle {digest[:12]}: " + "; ".join(problems))

@@ -631,7 +631,9 @@ def test_metrics_probes_and_openapi(basic_node: NodeProcess) -> None:
     assert alive.status_code == 200
     assert alive.json()["status"] == "ok"
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "functions": {"echo": "running", "whoami": "running"}}
+    assert ready.json()["ready"] is True
+    assert ready.json()["functions"] == {"echo": "running", "whoami": "running"}
+    assert ready.json()["mesh"]["degraded"] is False
     assert openapi.status_code == 200
     document = json.loads(openapi.content)
     assert document["openapi"].startswith("3.")

@@ -106,6 +106,8 @@ def run_deploy(
             f"edgefaas: after {timeout_s:g} s these nodes have not switched: "
             f"{'; '.join(lagging) or 'no live node answered'}\n"
         )
+        for where, why in rollout.waiting.items():
+            err.write(f"edgefaas: {where}: {why}\n")
         return 1
     err.write(f"every live node runs the new versions ({elapsed:.2f} s)\n")
     return 0

@@ -89,6 +89,7 @@ class Reconciler:
                 "version": failure.version,
                 "message": failure.message,
                 "at": failure.at,
+                "retrying": failure.retry_at is not None,
             }
         return report
 

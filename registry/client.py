@@ -123,6 +123,7 @@ class Rollout:
     targets: dict[str, str]  # function → digest
     nodes: dict[str, dict[str, str]] = field(default_factory=dict)  # node → function → state
     failures: dict[str, str] = field(default_factory=dict)  # "node/function" → message
+    waiting: dict[str, str] = field(default_factory=dict)  # retrying: "node/function" → why
 
     @property
     def done(self) -> bool:
@@ -140,7 +141,10 @@ def rollout_state(client: MeshClient, targets: dict[str, str]) -> Rollout:
         for name, digest in targets.items():
             status = (record.get("functions") or {}).get(name) or {}
             failed = status.get("failed") or {}
-            if failed.get("digest") == digest:
+            if failed.get("digest") == digest and failed.get("retrying"):
+                states[name] = "pending"
+                rollout.waiting[f"{record['name']}/{name}"] = str(failed.get("message"))
+            elif failed.get("digest") == digest:
                 states[name] = "failed"
                 rollout.failures[f"{record['name']}/{name}"] = str(failed.get("message"))
             elif status.get("digest") == digest:

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import TextIO
 
 from registry.bundle import SignedBundle, build_bundle
-from registry.signing import SigningKey
-
 from registry.client import MeshClient, Progress, Rollout, ship, wait_for_rollout
 from registry.errors import MeshError
 from registry.manifest import load_manifest
+from registry.signing import SigningKey
 from registry.specs import FunctionSpec
 
 BAR_WIDTH = 28

@@ -143,6 +143,7 @@ def _start_member(
         stderr=subprocess.STDOUT,
         env=env,
         cwd=home,  # not the caller's folder: only the first node publishes a manifest
+        start_new_session=True,  # a Ctrl-C or a group signal is for us; we stop each once
         preexec_fn=_die_with_us,  # noqa: PLW1509 (this process runs no threads)
     )
     log.close()

@@ -26,7 +26,7 @@ from gateway.reconciler import Reconciler, entries_from_applied
 from registry.bundle import build_bundle
 from registry.desired import DesiredEntry, DesiredState
 from registry.fetch import Fetcher
-from registry.keys import Keys
+from registry.keys import Keys, text
 from registry.membership import HEARTBEAT_S, Membership, NodeRecord
 from registry.meshauth import sign_request
 from registry.redis_server import EmbeddedRedis
@@ -37,7 +37,9 @@ from runtime.supervisor import Supervisor
 
 log = logging.getLogger("edgefaas.mesh")
 
-WATCH_S = 0.25  # how often the desired state's generation is polled
+WATCH_S = 0.1  # how often the desired state's generation is polled (a GET)
+PEER_WAIT_S = 2.0  # how long a later fetcher waits for an earlier one to hold the bundle
+FETCHERS_TTL_S = 60
 RETRY_MAX_S = 5.0  # backoff ceiling while Redis is unreachable
 REDIS_TIMEOUT_S = 2.0
 
@@ -126,7 +128,7 @@ class MeshAgent:
             log.warning(
                 "serving the %d function(s) this node ran last, from its disk", len(entries)
             )
-            await self.reconciler.apply(entries, self._no_sources)
+            await self.reconciler.apply(entries, _OnlyLocal())
         self._tasks = [self._spawn(self._heartbeat_loop()), self._spawn(self._watch_loop())]
 
     async def close(self) -> None:
@@ -177,7 +179,30 @@ class MeshAgent:
     async def live_nodes(self) -> list[NodeRecord]:
         return await self._require_members().live()
 
-    async def sources(self, digest: str) -> dict[str, str]:
+    async def holders_for(self, digest: str) -> dict[str, str]:
+        """Peers to fetch ``digest`` from. Nodes queue up per digest: the first fetches
+        from whoever holds the bundle (usually the node it was uploaded to); each later one
+        waits (up to ``PEER_WAIT_S``) for a node ahead of it in the queue to hold it, and
+        fetches from those — so the upload is not sent again to every node."""
+        redis = self._require_redis()
+        queue = self.keys.fetchers(digest)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(queue, self.name)
+            pipe.expire(queue, FETCHERS_TTL_S)
+            position, _ = await pipe.execute()
+        ahead = {text(n) for n in await redis.lrange(queue, 0, position - 2)} - {self.name}
+        deadline = time.monotonic() + (PEER_WAIT_S if ahead else 0.0)
+        while True:
+            holders = await self._live_holders(digest)
+            peers = {name: url for name, url in holders.items() if name in ahead}
+            if peers or time.monotonic() >= deadline:
+                return peers or holders
+            await asyncio.sleep(0.05)
+
+    async def now_holding(self, digest: str) -> None:
+        await self._require_desired().add_holder(digest, self.name)
+
+    async def _live_holders(self, digest: str) -> dict[str, str]:
         """Live, serving nodes (other than this one) that hold ``digest``: name → URL."""
         holders = await self._require_desired().holders(digest)
         return {
@@ -186,6 +211,11 @@ class MeshAgent:
             if r["name"] in holders and r["name"] != self.name and r.get("serving")
         }
 
+    async def beat(self) -> None:
+        """Write this node's record now (after a switch, or once it serves)."""
+        with contextlib.suppress(RedisError, RuntimeError):
+            await self._require_members().beat(self._record())
+
     def desired_state(self) -> DesiredState:
         return self._require_desired()
 
@@ -193,6 +223,11 @@ class MeshAgent:
         if self.desired is None:
             raise RuntimeError("the mesh agent is not started")
         return self.desired
+
+    def _require_redis(self) -> Redis:
+        if self.redis is None:
+            raise RuntimeError("the mesh agent is not started")
+        return self.redis
 
     def _require_members(self) -> Membership:
         if self.members is None:
@@ -203,8 +238,9 @@ class MeshAgent:
         desired = self._require_desired()
         generation = await desired.generation()
         entries = await desired.entries()
-        await self.reconciler.apply(entries, self.sources)
+        await self.reconciler.apply(entries, self)
         self._generation = generation
+        await self.beat()  # let deployers see the switch now, not at the next heartbeat
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -249,8 +285,15 @@ class MeshAgent:
             self.degraded_reason = ""
             self._generation = -1  # force a full resync on the next watch
 
-    async def _no_sources(self, digest: str) -> dict[str, str]:
-        return {}
-
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(coro)
+
+
+class _OnlyLocal:
+    """Peers while Redis is unreachable: only bundles already on disk can be run."""
+
+    async def holders_for(self, digest: str) -> dict[str, str]:
+        return {}
+
+    async def now_holding(self, digest: str) -> None:
+        return None

@@ -72,7 +72,12 @@ class Node:
         await self.supervisor.start()
         self._mesh = self._mesh_agent()
         await self._mesh.start(self.manifest, self.record)
-        self.serving = True  # the server binds its port right after this returns
+
+    async def now_serving(self) -> None:
+        """The server listens: peers may fetch bundles from this node from now on."""
+        self.serving = True
+        if self._mesh is not None:
+            await self._mesh.beat()
 
     async def close(self, force: bool = False) -> None:
         """Leave the mesh, then stop every pool (graceful unless ``force``)."""

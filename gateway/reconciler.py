@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from registry.desired import DesiredEntry
 from registry.errors import MeshError, RegistryError
@@ -29,7 +28,18 @@ from runtime.supervisor import Supervisor
 log = logging.getLogger("edgefaas.gateway")
 
 FETCH_RETRY_MAX_S = 10.0
-Sources = Callable[[str], Awaitable[dict[str, str]]]  # digest → {node name: URL}
+
+
+class Peers(Protocol):
+    """Where bundles come from, and where this node says it holds them (the mesh)."""
+
+    async def holders_for(self, digest: str) -> dict[str, str]:
+        """Nodes to fetch ``digest`` from: name → URL."""
+        ...
+
+    async def now_holding(self, digest: str) -> None:
+        """Tell the mesh this node holds ``digest`` and will serve it to peers."""
+        ...
 
 
 @dataclass
@@ -59,11 +69,11 @@ class Reconciler:
         self.failures: dict[str, Failure] = {}
         self._lock = asyncio.Lock()
 
-    async def apply(self, desired: dict[str, DesiredEntry], sources: Sources) -> None:
+    async def apply(self, desired: dict[str, DesiredEntry], peers: Peers) -> None:
         """Make the node run exactly ``desired`` (as far as each version starts)."""
         async with self._lock:
             changes = [entry for name, entry in desired.items() if self._needs(name, entry)]
-            await asyncio.gather(*(self._switch(entry, sources) for entry in changes))
+            await asyncio.gather(*(self._switch(entry, peers) for entry in changes))
             for name in [n for n in self.running if n not in desired]:
                 self._remove(name)
             for name in [n for n in self.failures if n not in desired]:
@@ -110,10 +120,10 @@ class Reconciler:
         now = time.monotonic()
         return any(f.retry_at is not None and now >= f.retry_at for f in self.failures.values())
 
-    async def _switch(self, entry: DesiredEntry, sources: Sources) -> None:
+    async def _switch(self, entry: DesiredEntry, peers: Peers) -> None:
         started = time.monotonic()
         try:
-            pool, problem = await self._prepare(entry, sources)
+            pool, problem = await self._prepare(entry, peers)
         except MeshError as exc:  # no holder could be reached: try again soon
             self._failed(entry, exc, retry=True)
             return
@@ -167,20 +177,24 @@ class Reconciler:
                 entry.digest[:12],
                 message,
             )
-        retry_at = time.monotonic() + min(FETCH_RETRY_MAX_S, 0.5 * 2**attempts) if retry else None
+        delay = min(FETCH_RETRY_MAX_S, 0.25 * 2 ** (attempts - 1))
+        retry_at = time.monotonic() + delay if retry else None
         self.failures[entry.name] = Failure(
             entry.digest, entry.version, message, time.time(), retry_at, attempts
         )
 
-    async def _prepare(self, entry: DesiredEntry, sources: Sources) -> tuple[WarmPool, str]:
+    async def _prepare(self, entry: DesiredEntry, peers: Peers) -> tuple[WarmPool, str]:
         """Fetch, verify, unpack and warm the new version. Returns its pool and, if the
         version failed to start, why; raises if it could not even be unpacked."""
         if not self.store.has(entry.digest):
             meta = BundleMeta(entry.signature, entry.key_id)
-            origin = await self.fetcher.fetch(entry.digest, meta, await sources(entry.digest))
+            origin = await self.fetcher.fetch(
+                entry.digest, meta, await peers.holders_for(entry.digest)
+            )
             log.info(
                 "function %s: fetched bundle %s from %s", entry.name, entry.digest[:12], origin
             )
+        await peers.now_holding(entry.digest)
         spec = await asyncio.to_thread(self.store.unpack, entry.digest)
         if spec.name != entry.name:
             raise RegistryError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Generator
 from types import FrameType
 
@@ -30,7 +31,17 @@ class StartupFailed(GatewayError):
 
 class NodeServer(uvicorn.Server):
     """uvicorn's server with our signal handling: any second signal forces the exit, and
-    signals are not re-raised after shutdown (the CLI picks the exit code)."""
+    signals are not re-raised after shutdown (the CLI picks the exit code). It tells the
+    node when its port is open."""
+
+    def __init__(self, config: uvicorn.Config, node: Node) -> None:
+        super().__init__(config)
+        self.node = node
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            await self.node.now_serving()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -63,7 +74,7 @@ async def serve(settings: Settings, manifest: Manifest | None) -> None:
         proxy_headers=False,  # the node reads no client addresses; this saves a layer per call
         timeout_graceful_shutdown=int(settings.grace_s + 0.999),
     )
-    server = NodeServer(config)
+    server = NodeServer(config, node)
     try:
         await server.serve()
     except SystemExit as exc:  # uvicorn exits when it cannot bind or the lifespan fails

@@ -13,6 +13,8 @@ key                                holds
 ``P:version:NAME``                 counter: the function's last version number
 ``P:history:NAME``                 list of every entry the function has had, newest first
 ``P:holders:DIGEST``               set of node names that hold the bundle on disk
+``P:fetchers:DIGEST``              list of the nodes that set out to fetch the bundle, in
+                                   order (expires): later ones fetch from earlier ones
 =================================  ======================================================
 """
 
@@ -58,6 +60,9 @@ class Keys:
 
     def holders(self, digest: str) -> str:
         return f"{self.prefix}:holders:{digest}"
+
+    def fetchers(self, digest: str) -> str:
+        return f"{self.prefix}:fetchers:{digest}"
 
 
 def text(value: bytes | str) -> str:

@@ -224,7 +224,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     for name in unknown_variables(os.environ):
         log.warning("ignoring unknown setting %s", name)
     count = len(manifest.functions) if manifest else 0
-    mesh = settings.redis or "an embedded Redis"
+    mesh = settings.redis_url or "an embedded Redis"
     log.info(
         "node %s (%s): publishing %d function(s) from %s to %s; serving on http://%s:%d",
         settings.node_name(),

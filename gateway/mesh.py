@@ -94,6 +94,7 @@ class MeshAgent:
         self._redis_url = redis_url
         self._embedded: EmbeddedRedis | None = None
         self._generation = -1
+        self._applied_generation = 0  # the highest generation applied: it never goes down
         self._tasks: list[asyncio.Task[None]] = []
         self.redis: Redis | None = None
         self.desired: DesiredState | None = None
@@ -237,10 +238,35 @@ class MeshAgent:
     async def _resync(self) -> None:
         desired = self._require_desired()
         generation = await desired.generation()
+        if generation < self._applied_generation and self.reconciler.running:
+            await self._restore(generation)
+            generation = await desired.generation()
+            self._applied_generation = generation
         entries = await desired.entries()
         await self.reconciler.apply(entries, self)
         self._generation = generation
+        self._applied_generation = max(self._applied_generation, generation)
         await self.beat()  # let deployers see the switch now, not at the next heartbeat
+
+    async def _restore(self, generation: int) -> None:
+        """Redis came back without the mesh's state (a server without persistence): put
+        back what this node runs, rather than apply an empty desired state and drop every
+        function. Other nodes do the same; the same digest is a no-op."""
+        running = list(self.reconciler.running.values())
+        log.warning(
+            "the mesh's Redis lost its state (generation %d, this node applied %d): "
+            "restoring the %d function(s) this node runs",
+            generation,
+            self._applied_generation,
+            len(running),
+        )
+        desired = self._require_desired()
+        for item in running:
+            entry = item.entry
+            await desired.add_holder(entry.digest, self.name)
+            await desired.assign(
+                entry.name, entry.digest, entry.signature, entry.key_id, entry.triggers
+            )
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -36,12 +36,20 @@ from gateway.errors import (
 )
 from gateway.mesh import MeshAgent
 from registry.defaults import MAX_BUNDLE_BYTES
-from registry.errors import BundleRejected, MeshAuthError, MeshError
+from registry.errors import BundleError, BundleRejected, MeshAuthError, MeshError
 from registry.meshauth import verify_request
 from registry.store import check_digest
+from registry.unpack import verify_bundle
 
 SIGNATURE_HEADER = "x-bundle-signature"
 KEY_HEADER = "x-bundle-key"
+
+
+class Unprocessable(GatewayError):
+    """A bundle that fails verification or holds an unsafe archive."""
+
+    status = 422
+    code = "bundle_rejected"
 
 
 class MeshUnavailable(GatewayError):
@@ -113,16 +121,17 @@ async def put_bundle(request: Request) -> Response:
     key_id = request.headers.get(KEY_HEADER, "")
     if not signature or not key_id:
         raise BadRequest("upload a bundle with its X-Bundle-Signature and X-Bundle-Key headers")
-    if agent.store.has(digest):
-        await _mesh_call(agent.desired_state().add_holder(digest, agent.name))
-        return JSONResponse({"digest": digest, "stored": False}, status_code=200)
     data = await _read_limited(request)
+    held = agent.store.has(digest)
     try:
-        await asyncio.to_thread(agent.store.put, data, digest, signature, key_id)
-    except BundleRejected as exc:
-        return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status_code=422)
+        if held:  # still check what the uploader sent: it must learn if its bytes are bad
+            await asyncio.to_thread(verify_bundle, data, digest, signature, key_id, agent.trusted)
+        else:
+            await asyncio.to_thread(agent.store.put, data, digest, signature, key_id)
+    except (BundleRejected, BundleError) as exc:
+        raise Unprocessable(str(exc)) from None
     await _mesh_call(agent.desired_state().add_holder(digest, agent.name))
-    return JSONResponse({"digest": digest, "stored": True}, status_code=201)
+    return JSONResponse({"digest": digest, "stored": not held}, status_code=200 if held else 201)
 
 
 async def deploy_function(request: Request) -> Response:
@@ -147,7 +156,10 @@ async def deploy_function(request: Request) -> Response:
             f"bundle {digest[:12]} is not held by node {agent.name}: upload it first "
             f"(PUT /system/bundles/{digest})"
         )
-    spec = await asyncio.to_thread(agent.store.unpack, digest)
+    try:
+        spec = await asyncio.to_thread(agent.store.unpack, digest)
+    except (BundleRejected, BundleError) as exc:
+        raise Unprocessable(str(exc)) from None
     if spec.name != name:
         raise BadRequest(f"body.name: bundle {digest[:12]} holds function {spec.name!r}")
     meta = agent.store.meta(digest)

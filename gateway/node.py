@@ -140,7 +140,7 @@ class Node:
             self.name,
             self.data_dir,
             self.supervisor,
-            redis_url=settings.redis,
+            redis_url=settings.redis_url,
             key_prefix=settings.key_prefix,
             signing_key=signing_key,
             trusted=trusted,

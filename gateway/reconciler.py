@@ -194,8 +194,8 @@ class Reconciler:
             log.info(
                 "function %s: fetched bundle %s from %s", entry.name, entry.digest[:12], origin
             )
-        await peers.now_holding(entry.digest)
         spec = await asyncio.to_thread(self.store.unpack, entry.digest)
+        await peers.now_holding(entry.digest)
         if spec.name != entry.name:
             raise RegistryError(
                 f"bundle {entry.digest[:12]} holds function {spec.name!r}, not {entry.name!r}"

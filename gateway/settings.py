@@ -32,11 +32,24 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def setting(
-    default: Any, doc: str, commands: tuple[str, ...], *, flag: bool = True, secret: bool = False
+    default: Any,
+    doc: str,
+    commands: tuple[str, ...],
+    *,
+    flag: bool = True,
+    flag_name: str = "",
+    secret: bool = False,
 ) -> Any:
-    return field(
-        default=default, metadata={"doc": doc, "commands": commands, "flag": flag, "secret": secret}
-    )
+    """Declare a setting: its default, one-line doc and the commands that take it. The flag
+    is ``--name-with-dashes`` unless ``flag_name`` says otherwise; secrets have no flag."""
+    metadata = {
+        "doc": doc,
+        "commands": commands,
+        "flag": flag,
+        "flag_name": flag_name,
+        "secret": secret,
+    }
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -52,8 +65,11 @@ class Settings:
         "node state: admin token, later bundles (default: ~/.local/share/edgefaas/NODE)",
         UP + CLIENT,
     )
-    redis: str = setting(
-        "", "Redis URL of the mesh to join (default: an embedded Redis server in DATA_DIR)", UP
+    redis_url: str = setting(
+        "",
+        "Redis URL of the mesh to join (default: an embedded Redis server in DATA_DIR)",
+        UP,
+        flag_name="--redis",
     )
     role: str = setting("edge", "edge or cloud", UP)
     advertise: str = setting("", "URL peers reach this node at (default: http://HOST:PORT)", UP)
@@ -135,7 +151,7 @@ def declared() -> list[SettingInfo]:
         rows.append(
             SettingInfo(
                 name=f.name,
-                flag="--" + f.name.replace("_", "-") if f.metadata["flag"] else None,
+                flag=_flag(f.name, f.metadata),
                 env=ENV_PREFIX + f.name.upper(),
                 type=kind,
                 default=f.default,
@@ -144,6 +160,12 @@ def declared() -> list[SettingInfo]:
             )
         )
     return rows
+
+
+def _flag(name: str, metadata: Mapping[str, Any]) -> str | None:
+    if not metadata["flag"]:
+        return None
+    return str(metadata["flag_name"]) or "--" + name.replace("_", "-")
 
 
 def _base_type(hint: Any) -> type:
@@ -196,7 +218,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "expected debug, info, warning or error",
     ),
     "role": (lambda v: v in ("edge", "cloud"), "expected edge or cloud"),
-    "redis": (_url_ok, _URL_EXPECTED),
+    "redis_url": (_url_ok, _URL_EXPECTED),
     "advertise": (_url_ok, _URL_EXPECTED),
     "gateway": (_url_ok, _URL_EXPECTED),
     "node": (

@@ -7,7 +7,9 @@ drops out of the mesh within that time, and a clean shutdown removes its record 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -15,8 +17,19 @@ from redis.asyncio import Redis
 from registry.errors import MeshError
 from registry.keys import Keys, text
 
-HEARTBEAT_S = 1.0
-NODE_TTL_S = 3.0
+HEARTBEAT_S = 0.5
+NODE_TTL_S = 2.5  # well inside the 3 s within which a dead node must drop out
+# Delete a node's record only if it is still this instance's (a node refused for a name
+# already in use must not remove the live node that uses it).
+_LEAVE = """
+local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw)['instance'] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
 
 NodeRecord = dict[str, Any]
 
@@ -31,15 +44,23 @@ class Membership:
         self.instance = instance
 
     async def claim(self) -> None:
-        """Refuse to join when a live node already uses this name."""
-        raw = await self.redis.get(self.keys.node(self.name))
-        if raw:
+        """Refuse to join when a live node already uses this name. A record left by this
+        name's previous run (a crash, then a quick restart) expires within NODE_TTL_S, so
+        the claim waits that long before it gives up."""
+        deadline = time.monotonic() + NODE_TTL_S + HEARTBEAT_S
+        while True:
+            raw = await self.redis.get(self.keys.node(self.name))
+            if not raw:
+                return
             other: NodeRecord = json.loads(raw)
-            if other.get("instance") != self.instance:
+            if other.get("instance") == self.instance:
+                return
+            if time.monotonic() >= deadline:
                 raise MeshError(
                     f"node name {self.name!r} is already used by a live node at "
                     f"{other.get('url')}; give this node another --node name"
                 )
+            await asyncio.sleep(HEARTBEAT_S / 2)
 
     async def beat(self, record: NodeRecord) -> None:
         """Write (or refresh) this node's record."""
@@ -50,10 +71,10 @@ class Membership:
             await pipe.execute()
 
     async def leave(self) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(self.keys.node(self.name))
-            pipe.srem(self.keys.nodes, self.name)
-            await pipe.execute()
+        """Remove this node's record at once (if it is still this instance's)."""
+        await self.redis.eval(
+            _LEAVE, 2, self.keys.node(self.name), self.keys.nodes, self.instance, self.name
+        )
 
     async def live(self) -> list[NodeRecord]:
         """Records of the nodes that heartbeat, sorted by name; forgets expired names."""

@@ -26,7 +26,7 @@ from typing import Any
 from registry.errors import BundleRejected
 from registry.signing import TrustedKeys
 from registry.specs import FunctionSpec
-from registry.unpack import unpack_bundle, verify_bundle
+from registry.unpack import check_bundle, unpack_bundle
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -79,8 +79,8 @@ class BundleStore:
         return BundleMeta(str(raw["signature"]), str(raw["key_id"]))
 
     def put(self, data: bytes, digest: str, signature: str, key_id: str) -> None:
-        """Verify ``data`` against ``digest`` and its signature, then store it."""
-        verify_bundle(data, check_digest(digest), signature, key_id, self.trusted)
+        """Verify ``data`` (digest, signature, every archive member), then store it."""
+        check_bundle(data, check_digest(digest), signature, key_id, self.trusted)
         if self.has(digest):
             return
         write_atomically(

@@ -59,6 +59,16 @@ def verify_bundle(
     trusted.verify(digest, signature, key_id)
 
 
+def check_bundle(
+    data: bytes, digest: str, signature: str, key_id: str, trusted: TrustedKeys
+) -> None:
+    """Everything :func:`unpack_bundle` checks, without extracting: a node runs this before
+    it stores (and so offers to peers) a bundle."""
+    verify_bundle(data, digest, signature, key_id, trusted)
+    with _open_archive(data) as tar:
+        _check_archive(tar)
+
+
 def unpack_bundle(
     data: bytes, digest: str, signature: str, key_id: str, trusted: TrustedKeys, dest: Path
 ) -> FunctionSpec:

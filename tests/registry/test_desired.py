@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from registry.desired import DesiredState
 from registry.errors import MeshError
 from registry.keys import Keys
-from registry.membership import NODE_TTL_S, Membership
+from registry.membership import HEARTBEAT_S, NODE_TTL_S, Membership
 
 pytestmark = pytest.mark.anyio
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -109,6 +109,31 @@ async def test_a_node_name_in_use_by_a_live_node_is_refused(
     redis: Redis, redis_prefix: str
 ) -> None:
     keys = Keys(redis_prefix)
-    await Membership(redis, keys, "edge-1", "first").beat({"url": "http://127.0.0.1:1"})
-    with pytest.raises(MeshError, match=r"already used by a live node at http://127\.0\.0\.1:1"):
-        await Membership(redis, keys, "edge-1", "second").claim()
+    live = Membership(redis, keys, "edge-1", "first")
+
+    async def heartbeat() -> None:
+        while True:
+            await live.beat({"url": "http://127.0.0.1:1"})
+            await asyncio.sleep(HEARTBEAT_S)
+
+    beating = asyncio.ensure_future(heartbeat())
+    try:
+        await asyncio.sleep(0.05)
+        refused = Membership(redis, keys, "edge-1", "second")
+        with pytest.raises(
+            MeshError, match=r"already used by a live node at http://127\.0\.0\.1:1"
+        ):
+            await refused.claim()
+        await refused.leave()  # a refused node leaving must not remove the live one
+        assert [r["name"] for r in await live.live()] == ["edge-1"]
+    finally:
+        beating.cancel()
+
+
+async def test_a_name_left_by_a_crashed_run_is_free_once_its_record_expires(
+    redis: Redis, redis_prefix: str
+) -> None:
+    keys = Keys(redis_prefix)
+    await Membership(redis, keys, "edge-1", "crashed").beat({"url": "http://127.0.0.1:1"})
+    await redis.pexpire(keys.node("edge-1"), 300)  # its last heartbeat, nearly expired
+    await Membership(redis, keys, "edge-1", "restarted").claim()  # waits, then succeeds

@@ -35,6 +35,7 @@ check: $(VENV)/.dev
 
 bench: $(VENV)/.run
 	$(BIN)/python -m bench.invoke $(BENCH_ARGS)
+	$(BIN)/python -m bench.deploy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

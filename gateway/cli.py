@@ -17,7 +17,7 @@ from pathlib import Path
 from gateway import client
 from gateway.errors import GatewayError, UsageError
 from gateway.settings import Settings, declared, markdown_table, resolve, unknown_variables
-from registry.errors import MeshError, RegistryError
+from registry.errors import MeshError, RedisServerError, RegistryError
 from registry.manifest import load_manifest
 
 EXIT_FAILED = 1
@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (client.ClientError, MeshError) as exc:
         print(f"edgefaas: {exc}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
+    except RedisServerError as exc:
+        print(f"edgefaas: {exc}", file=sys.stderr)
+        sys.exit(EXIT_STARTUP)
     except RegistryError as exc:
         print(f"edgefaas: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -216,6 +219,7 @@ def _mesh(args: argparse.Namespace, settings: Settings) -> int:
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from gateway import server  # imports uvicorn and uvloop only for this command
+    from registry.redis_server import mask_password
 
     _configure_logging(settings.log_level)
     path = settings.resolved_manifest()
@@ -224,7 +228,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     for name in unknown_variables(os.environ):
         log.warning("ignoring unknown setting %s", name)
     count = len(manifest.functions) if manifest else 0
-    mesh = settings.redis_url or "an embedded Redis"
+    mesh = mask_password(settings.redis_url) if settings.redis_url else "an embedded Redis"
     log.info(
         "node %s (%s): publishing %d function(s) from %s to %s; serving on http://%s:%d",
         settings.node_name(),

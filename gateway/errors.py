@@ -70,6 +70,12 @@ class UsageError(GatewayError):
     code = "usage"
 
 
+class StartupFailed(GatewayError):
+    """A node (or a local mesh) could not start; the CLI exits 3."""
+
+    code = "startup_failed"
+
+
 class SettingsError(GatewayError):
     """A flag or environment variable has a bad value (raised before the node starts)."""
 

@@ -8,7 +8,6 @@ Redis; the nodes also die if this process is killed.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -23,9 +22,11 @@ from typing import TextIO
 import httpx
 
 from gateway.auth import load_or_create_token
+from gateway.errors import StartupFailed
 from gateway.mesh import load_or_create_secret
 from registry.redis_server import EmbeddedRedis
 from registry.signing import generate_key_pair
+from runtime.lifeline import preexec_die_with
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0
@@ -37,12 +38,6 @@ class MemberProcess:
     role: str
     url: str
     process: subprocess.Popen[bytes]
-
-
-def _die_with_us() -> None:
-    """Runs in each child before exec: SIGKILL it when ``mesh up`` dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def run_local_mesh(
@@ -77,7 +72,7 @@ def run_local_mesh(
             members.append(
                 _start_member(name, role, host, base_port + index, url, data_dir, key, publish, env)
             )
-        _wait_until_up(members)
+        _wait_until_up(members, stop)
         _print_summary(members, url, data_dir, out)
         while not stop() and all(m.process.poll() is None for m in members):
             time.sleep(0.2)
@@ -144,25 +139,29 @@ def _start_member(
         env=env,
         cwd=home,  # not the caller's folder: only the first node publishes a manifest
         start_new_session=True,  # a Ctrl-C or a group signal is for us; we stop each once
-        preexec_fn=_die_with_us,  # noqa: PLW1509 (this process runs no threads)
+        preexec_fn=preexec_die_with(os.getpid()),  # noqa: PLW1509 (no dynamic loading in it)
     )
     log.close()
     return MemberProcess(name, role, f"http://{host}:{port}", process)
 
 
-def _wait_until_up(members: list[MemberProcess]) -> None:
+def _wait_until_up(members: list[MemberProcess], stop: Callable[[], bool]) -> None:
+    """Until every node answers /healthz (a node whose functions fail still counts: the
+    failures show in its /readyz and logs)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     for member in members:
         while True:
+            if stop():
+                raise StartupFailed("interrupted while the mesh was starting")
             if member.process.poll() is not None:
-                raise SystemExit(f"edgefaas: node {member.name} exited at start; see its log")
+                raise StartupFailed(f"node {member.name} exited at start; see its log")
             try:
-                if httpx.get(member.url + "/readyz", timeout=1).status_code < 500:
+                if httpx.get(member.url + "/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit(f"edgefaas: node {member.name} did not come up in time")
+                raise StartupFailed(f"node {member.name} did not come up in time; see its log")
             time.sleep(0.1)
 
 

@@ -25,11 +25,12 @@ from redis.exceptions import RedisError
 from gateway.reconciler import Reconciler, entries_from_applied
 from registry.bundle import build_bundle
 from registry.desired import DesiredEntry, DesiredState
+from registry.errors import MeshError
 from registry.fetch import Fetcher
 from registry.keys import Keys, text
 from registry.membership import HEARTBEAT_S, Membership, NodeRecord
 from registry.meshauth import sign_request
-from registry.redis_server import EmbeddedRedis
+from registry.redis_server import EmbeddedRedis, mask_password
 from registry.signing import SigningKey, TrustedKeys
 from registry.specs import Manifest
 from registry.store import BundleStore
@@ -87,14 +88,14 @@ class MeshAgent:
         self.mesh_key = mesh_key
         self.store = BundleStore(data_dir, trusted)
         self.fetcher = Fetcher(self.store, self.authenticate)
-        self.reconciler = Reconciler(supervisor, self.store, self.fetcher)
+        self.reconciler = Reconciler(supervisor, self.store, self.fetcher, self._beat_soon)
         self.degraded_since: float | None = None
         self.degraded_reason = ""
         self._record: Callable[[], NodeRecord] = dict
         self._redis_url = redis_url
         self._embedded: EmbeddedRedis | None = None
         self._generation = -1
-        self._applied_generation = 0  # the highest generation applied: it never goes down
+        self._beating: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.redis: Redis | None = None
         self.desired: DesiredState | None = None
@@ -117,27 +118,31 @@ class MeshAgent:
         self.desired = DesiredState(self.redis, self.keys)
         self.members = Membership(self.redis, self.keys, self.name, self.instance)
         self._record = record
+        applied = self.store.load_applied()
+        self.reconciler.generation = int(applied.get("generation", 0) or 0)
         try:
             await self.members.claim()
+            await self._restore_if_lost(entries_from_applied(applied))
             if manifest is not None:
                 await self.publish(manifest)
             await self.members.beat(record())
             await self._resync()
         except RedisError as exc:
             self._degrade(exc)
-            entries = entries_from_applied(self.store.load_applied())
+            entries = entries_from_applied(applied)
             log.warning(
                 "serving the %d function(s) this node ran last, from its disk", len(entries)
             )
-            await self.reconciler.apply(entries, _OnlyLocal())
+            self.reconciler.apply(entries, _OnlyLocal(), self.reconciler.generation)
+        await self.reconciler.settle()  # the node serves its functions before it listens
         self._tasks = [self._spawn(self._heartbeat_loop()), self._spawn(self._watch_loop())]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *([self._beating] if self._beating else [])]:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.reconciler.close()
         if self.members is not None:
             with contextlib.suppress(RedisError):
                 await self.members.leave()
@@ -167,8 +172,8 @@ class MeshAgent:
             )
         return entries
 
-    def authenticate(self, method: str, path: str) -> dict[str, str]:
-        return sign_request(self.mesh_key, self.name, method, path)
+    def authenticate(self, method: str, path: str, to: str) -> dict[str, str]:
+        return sign_request(self.mesh_key, self.name, method, path, to)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -237,36 +242,47 @@ class MeshAgent:
 
     async def _resync(self) -> None:
         desired = self._require_desired()
+        await self._restore_if_lost(
+            {name: r.entry for name, r in self.reconciler.running.items()}
+            or entries_from_applied(self.store.load_applied())
+        )
         generation = await desired.generation()
-        if generation < self._applied_generation and self.reconciler.running:
-            await self._restore(generation)
-            generation = await desired.generation()
-            self._applied_generation = generation
         entries = await desired.entries()
-        await self.reconciler.apply(entries, self)
+        self.reconciler.apply(entries, self, generation)
         self._generation = generation
-        self._applied_generation = max(self._applied_generation, generation)
-        await self.beat()  # let deployers see the switch now, not at the next heartbeat
 
-    async def _restore(self, generation: int) -> None:
-        """Redis came back without the mesh's state (a server without persistence): put
-        back what this node runs, rather than apply an empty desired state and drop every
-        function. Other nodes do the same; the same digest is a no-op."""
-        running = list(self.reconciler.running.values())
+    async def _restore_if_lost(self, ran: dict[str, DesiredEntry]) -> None:
+        """Redis without the mesh's state (it restarted without persistence): the
+        generation went back below what this node applied. Put back what this node runs or
+        last ran, rather than apply an empty desired state and drop every function. Other
+        nodes do the same; assigning a digest that is already desired changes nothing."""
+        desired = self._require_desired()
+        generation = await desired.generation()
+        if not ran or (generation >= self.reconciler.generation and generation > 0):
+            return
         log.warning(
             "the mesh's Redis lost its state (generation %d, this node applied %d): "
             "restoring the %d function(s) this node runs",
             generation,
-            self._applied_generation,
-            len(running),
+            self.reconciler.generation,
+            len(ran),
         )
-        desired = self._require_desired()
-        for item in running:
-            entry = item.entry
+        for entry in ran.values():
+            if not self.store.has(entry.digest):
+                continue
             await desired.add_holder(entry.digest, self.name)
-            await desired.assign(
-                entry.name, entry.digest, entry.signature, entry.key_id, entry.triggers
-            )
+            try:
+                await desired.assign(
+                    entry.name, entry.digest, entry.signature, entry.key_id, entry.triggers
+                )
+            except MeshError as exc:  # another node restored a conflicting function first
+                log.warning("not restoring %s: %s", entry.name, exc)
+        self.reconciler.generation = await desired.generation()
+
+    def _beat_soon(self) -> None:
+        """A switch happened: heartbeat now (once), so deployers see it at once."""
+        if self._beating is None or self._beating.done():
+            self._beating = self._spawn(self.beat())
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -276,6 +292,8 @@ class MeshAgent:
                 self._recover()
             except RedisError as exc:
                 self._degrade(exc)
+            except Exception:  # never let the heartbeat die silently
+                log.exception("heartbeat failed")
 
     async def _watch_loop(self) -> None:
         delay = WATCH_S
@@ -290,6 +308,9 @@ class MeshAgent:
             except RedisError as exc:
                 self._degrade(exc)
                 delay = min(RETRY_MAX_S, delay * 2)
+            except Exception:  # e.g. a malformed value in Redis: log, back off, go on
+                log.exception("reconciling with the mesh failed; retrying")
+                delay = min(RETRY_MAX_S, delay * 2)
 
     def _degrade(self, exc: Exception) -> None:
         if self.degraded_since is None:
@@ -297,7 +318,7 @@ class MeshAgent:
             log.warning(
                 "mesh degraded: Redis at %s is unreachable (%s); serving what this "
                 "node has and retrying",
-                self._redis_url,
+                mask_password(self._redis_url),
                 exc,
             )
         self.degraded_reason = f"Redis unreachable: {exc}"

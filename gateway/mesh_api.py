@@ -36,7 +36,13 @@ from gateway.errors import (
 )
 from gateway.mesh import MeshAgent
 from registry.defaults import MAX_BUNDLE_BYTES
-from registry.errors import BundleError, BundleRejected, MeshAuthError, MeshError
+from registry.errors import (
+    BundleError,
+    BundleRejected,
+    MeshAuthError,
+    MeshError,
+    MeshNotFound,
+)
 from registry.meshauth import verify_request
 from registry.store import check_digest
 from registry.unpack import verify_bundle
@@ -74,6 +80,8 @@ async def _mesh_call(coro: Any) -> Any:
         return await coro
     except RedisError as exc:
         raise MeshUnavailable(f"the mesh's Redis is unreachable: {exc}") from None
+    except MeshNotFound as exc:
+        raise NotFound(str(exc)) from None
     except MeshError as exc:
         raise Conflict(str(exc)) from None
 
@@ -91,7 +99,9 @@ async def get_bundle(request: Request) -> Response:
         check_bearer(request, node_of(request).admin_token)
     else:
         try:
-            verify_request(agent.mesh_key, request.method, request.url.path, request.headers)
+            verify_request(
+                agent.mesh_key, request.method, request.url.path, request.headers, agent.name
+            )
         except MeshAuthError as exc:
             raise Unauthorized(str(exc)) from None
     digest = _digest(request)

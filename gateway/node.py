@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from gateway.invoke import CallIds
 from gateway.mesh import MeshAgent, load_or_create_secret, load_or_create_signing_key
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from registry.redis_server import mask_password
 from registry.signing import TrustedKeys
 from registry.specs import Manifest
 from runtime.supervisor import Supervisor
@@ -35,7 +37,7 @@ class Node:
         self.manifest = manifest
         self.name = settings.node_name()
         self.data_dir = settings.resolved_data_dir()
-        self.url = settings.advertise or f"http://{settings.host}:{settings.port}"
+        self.url = settings.advertise or _own_url(settings.host, settings.port)
         self.metrics = Metrics()
         self.supervisor = Supervisor(observer=self.metrics)
         self.metrics.watch_pools(self.supervisor.snapshot)
@@ -110,7 +112,7 @@ class Node:
             "role": self.settings.role,
             "url": self.url,
             "manifest": str(self.manifest.path) if self.manifest else None,
-            "redis": mesh.redis_url if mesh else None,
+            "redis": mask_password(mesh.redis_url) if mesh else None,
             "mesh": mesh.status() if mesh else None,
             "signing_key_id": mesh.signing_key.key_id if mesh else None,
             "trusted_key_ids": mesh.trusted.key_ids if mesh else [],
@@ -146,3 +148,12 @@ class Node:
             trusted=trusted,
             mesh_key=mesh_key,
         )
+
+
+def _own_url(host: str, port: int) -> str:
+    """Where peers reach this node when --advertise is not given: a wildcard address is
+    no address for a peer, so the host name stands in for it."""
+    if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 (compared, not bound)
+        host = socket.gethostname()
+        log.info("advertising http://%s:%d to peers (set --advertise to choose)", host, port)
+    return f"http://{host}:{port}"

@@ -6,15 +6,23 @@ a pool of the new version next to the old one, and — once the new pool has its
 workers — routes calls to it in one step and drains the old pool. If the new version does
 not start, the old one keeps serving and the failure is reported until a new version is
 desired. Functions no longer desired are unrouted and drained.
+
+Each function switches in a task of its own: a slow fetch or a slow start of one function
+never holds up another, nor the next reconcile (a newer version cancels the switch to an
+older one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from redis.exceptions import RedisError
 
 from registry.desired import DesiredEntry
 from registry.errors import MeshError, RegistryError
@@ -28,6 +36,7 @@ from runtime.supervisor import Supervisor
 log = logging.getLogger("edgefaas.gateway")
 
 FETCH_RETRY_MAX_S = 10.0
+RETRYABLE = (MeshError, RedisError)  # no holder reachable yet, or Redis slow: try again
 
 
 class Peers(Protocol):
@@ -58,27 +67,57 @@ class Failure:
     attempts: int = 1
 
 
-class Reconciler:
-    """Applies desired entries to the supervisor's pools, one reconcile at a time."""
+@dataclass
+class Switch:
+    entry: DesiredEntry
+    task: asyncio.Task[None]
 
-    def __init__(self, supervisor: Supervisor, store: BundleStore, fetcher: Fetcher) -> None:
+
+class Reconciler:
+    """Applies desired entries to the supervisor's pools."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        store: BundleStore,
+        fetcher: Fetcher,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.supervisor = supervisor
         self.store = store
         self.fetcher = fetcher
+        self.on_change = on_change  # called after every switch or removal (heartbeat now)
         self.running: dict[str, Running] = {}
         self.failures: dict[str, Failure] = {}
-        self._lock = asyncio.Lock()
+        self.generation = 0  # of the desired state last applied (kept in applied.json)
+        self._switching: dict[str, Switch] = {}
 
-    async def apply(self, desired: dict[str, DesiredEntry], peers: Peers) -> None:
-        """Make the node run exactly ``desired`` (as far as each version starts)."""
-        async with self._lock:
-            changes = [entry for name, entry in desired.items() if self._needs(name, entry)]
-            await asyncio.gather(*(self._switch(entry, peers) for entry in changes))
-            for name in [n for n in self.running if n not in desired]:
-                self._remove(name)
-            for name in [n for n in self.failures if n not in desired]:
-                del self.failures[name]
-            self._save()
+    def apply(self, desired: dict[str, DesiredEntry], peers: Peers, generation: int) -> None:
+        """Start making the node run exactly ``desired``; switches go on in the background
+        (await :meth:`settle` to wait for them)."""
+        self.generation = max(self.generation, generation)
+        for name, entry in desired.items():
+            if self._needs(name, entry):
+                self._start_switch(entry, peers)
+        for name in [n for n in self._switching if n not in desired]:
+            self._switching.pop(name).task.cancel()
+        for name in [n for n in self.running if n not in desired]:
+            self._remove(name)
+        for name in [n for n in self.failures if n not in desired]:
+            del self.failures[name]
+        self._save()
+
+    async def settle(self) -> None:
+        """Wait until every switch under way has finished (or failed)."""
+        while self._switching:
+            await asyncio.gather(
+                *(s.task for s in list(self._switching.values())), return_exceptions=True
+            )
+
+    async def close(self) -> None:
+        for switch in self._switching.values():
+            switch.task.cancel()
+        await self.settle()
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per function: what runs here, and what failed to start (if anything)."""
@@ -103,48 +142,81 @@ class Reconciler:
             }
         return report
 
-    def _needs(self, name: str, entry: DesiredEntry) -> bool:
-        running = self.running.get(name)
-        if running is not None and running.entry.digest == entry.digest:
-            if running.entry.version != entry.version:  # a rollback to the running digest
-                running.entry = entry
-            self.failures.pop(name, None)
-            return False
-        failure = self.failures.get(name)
-        if failure is None or failure.version != entry.version:
-            return True
-        return failure.retry_at is not None and time.monotonic() >= failure.retry_at
-
     def retries_due(self) -> bool:
         """Whether a failed fetch should be tried again now."""
         now = time.monotonic()
         return any(f.retry_at is not None and now >= f.retry_at for f in self.failures.values())
 
+    def _needs(self, name: str, entry: DesiredEntry) -> bool:
+        switch = self._switching.get(name)
+        if switch is not None and switch.entry.digest == entry.digest:
+            return False  # already on its way
+        running = self.running.get(name)
+        if running is not None and running.entry.digest == entry.digest:
+            if running.entry.version != entry.version:  # a rollback to the running digest
+                running.entry = entry
+            if _healthy(running.pool):  # a routed version that fails stays reported
+                self.failures.pop(name, None)
+            return switch is not None  # cancel a switch away from what runs
+        failure = self.failures.get(name)
+        if failure is None or failure.version != entry.version:
+            return True
+        return failure.retry_at is not None and time.monotonic() >= failure.retry_at
+
+    def _start_switch(self, entry: DesiredEntry, peers: Peers) -> None:
+        previous = self._switching.pop(entry.name, None)
+        if previous is not None:
+            previous.task.cancel()
+        running = self.running.get(entry.name)
+        if running is not None and running.entry.digest == entry.digest:
+            return  # the cancelled switch was away from what runs; nothing more to do
+        task = asyncio.get_running_loop().create_task(self._switch(entry, peers))
+        switch = Switch(entry, task)
+        self._switching[entry.name] = switch
+
+        def done(_: asyncio.Task[None]) -> None:
+            if self._switching.get(entry.name) is switch:
+                del self._switching[entry.name]
+
+        task.add_done_callback(done)
+
     async def _switch(self, entry: DesiredEntry, peers: Peers) -> None:
         started = time.monotonic()
         try:
             pool, problem = await self._prepare(entry, peers)
-        except MeshError as exc:  # no holder could be reached: try again soon
+        except asyncio.CancelledError:
+            log.info(
+                "function %s: switch to version %d cancelled (a newer one is desired)",
+                entry.name,
+                entry.version,
+            )
+            raise
+        except RETRYABLE as exc:
             self._failed(entry, exc, retry=True)
+            self.on_change()
             return
         except Exception as exc:
             self._failed(entry, exc)
+            self.on_change()
             return
         old = self.supervisor.pools.get(entry.name)
         if problem and old is not None and _healthy(old):
             await self.supervisor.discard(pool)
             self._failed(entry, RegistryError(problem))
+            self.on_change()
             return
         # Route even a failing version when nothing healthy serves the function: its calls
         # then get 503 with the function's own error, and its pool backs off, then gives up.
-        self.supervisor.route(pool)
+        replaced = self.supervisor.route(pool)
         self.running[entry.name] = Running(entry, pool)
         if problem:
             self._failed(entry, RegistryError(problem))
         else:
             self.failures.pop(entry.name, None)
-        if old is not None:
-            self.supervisor.retire(old)
+        if replaced is not None:
+            self.supervisor.retire(replaced)
+        self._save()
+        self.on_change()
         log.info(
             "function %s: now version %d (%s), switched in %.0f ms",
             entry.name,
@@ -153,21 +225,25 @@ class Reconciler:
             (time.monotonic() - started) * 1000,
         )
 
-    def _failed(self, entry: DesiredEntry, exc: Exception, retry: bool = False) -> None:
+    def _failed(self, entry: DesiredEntry, exc: BaseException, retry: bool = False) -> None:
         previous = self.failures.get(entry.name)
         attempts = previous.attempts + 1 if previous and previous.version == entry.version else 1
         if isinstance(exc, RegistryError):
             message = str(exc)
         else:
             message = f"{type(exc).__name__}: {exc}"
-            log.exception("function %s: version %d failed", entry.name, entry.version)
+            if not retry:
+                log.error("function %s: version %d failed", entry.name, entry.version, exc_info=exc)
+        delay = min(FETCH_RETRY_MAX_S, 0.25 * 2 ** (attempts - 1))
+        retry_at = time.monotonic() + delay if retry else None
         if retry:
             log.warning(
-                "function %s: version %d (%s) not fetched yet: %s; retrying",
+                "function %s: version %d (%s) not fetched yet: %s; retrying in %g s",
                 entry.name,
                 entry.version,
                 entry.digest[:12],
                 message,
+                delay,
             )
         else:
             log.error(
@@ -177,8 +253,6 @@ class Reconciler:
                 entry.digest[:12],
                 message,
             )
-        delay = min(FETCH_RETRY_MAX_S, 0.25 * 2 ** (attempts - 1))
-        retry_at = time.monotonic() + delay if retry else None
         self.failures[entry.name] = Failure(
             entry.digest, entry.version, message, time.time(), retry_at, attempts
         )
@@ -211,19 +285,17 @@ class Reconciler:
         running = self.running.pop(name)
         self.supervisor.unroute(name)
         self.supervisor.retire(running.pool)
+        self.on_change()
         log.info("function %s: removed", name)
 
     def _save(self) -> None:
         applied = {
-            name: {
-                "digest": r.entry.digest,
-                "version": r.entry.version,
-                "signature": r.entry.signature,
-                "key_id": r.entry.key_id,
-                "triggers": r.entry.triggers,
-            }
-            for name, r in self.running.items()
+            "generation": self.generation,
+            "functions": {name: r.entry.to_dict() for name, r in self.running.items()},
         }
+        with contextlib.suppress(OSError):
+            if self.store.load_applied() == applied:
+                return
         try:
             self.store.save_applied(applied)
         except OSError as exc:
@@ -233,18 +305,14 @@ class Reconciler:
 
 
 def entries_from_applied(applied: dict[str, Any]) -> dict[str, DesiredEntry]:
-    """The entries a node last ran, from its store's ``applied.json``."""
-    return {
-        name: DesiredEntry(
-            name,
-            item["digest"],
-            int(item["version"]),
-            item["signature"],
-            item["key_id"],
-            list(item.get("triggers", [])),
-        )
-        for name, item in applied.items()
-    }
+    """The entries a node last ran, from its store's ``applied.json`` (unreadable → none)."""
+    entries = {}
+    for name, item in (applied.get("functions") or {}).items():
+        try:
+            entries[name] = DesiredEntry.from_dict(item)
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed entry for %r in applied.json", name)
+    return entries
 
 
 def _healthy(pool: WarmPool) -> bool:

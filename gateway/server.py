@@ -16,17 +16,14 @@ import uvicorn
 import uvloop
 
 from gateway.app import create_app
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StartupFailed
 from gateway.node import Node
 from gateway.settings import Settings
+from registry.errors import RegistryError
 from registry.specs import Manifest
 
 log = logging.getLogger("edgefaas.gateway")
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class StartupFailed(GatewayError):
-    code = "startup_failed"
 
 
 class NodeServer(uvicorn.Server):
@@ -60,7 +57,8 @@ class NodeServer(uvicorn.Server):
 
 
 async def serve(settings: Settings, manifest: Manifest | None) -> None:
-    """Serve until signalled. Raises :class:`StartupFailed` if the port cannot be bound."""
+    """Serve until signalled. Raises :class:`StartupFailed` if the node cannot start or
+    the port cannot be bound."""
     node = Node(settings, manifest)
     config = uvicorn.Config(
         create_app(node),
@@ -75,6 +73,13 @@ async def serve(settings: Settings, manifest: Manifest | None) -> None:
         timeout_graceful_shutdown=int(settings.grace_s + 0.999),
     )
     server = NodeServer(config, node)
+    try:
+        # Started here rather than only in the lifespan, so that a node that cannot start
+        # (a key file, a name in use, Redis) says why in one line, not a traceback.
+        await node.start()
+    except (RegistryError, GatewayError, OSError) as exc:
+        await node.close(force=True)
+        raise StartupFailed(f"node {node.name} could not start: {exc}") from exc
     try:
         await server.serve()
     except SystemExit as exc:  # uvicorn exits when it cannot bind or the lifespan fails

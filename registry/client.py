@@ -197,4 +197,10 @@ def deploy_callable(
         rollout = wait_for_rollout(client, {name: bundle.digest}, wait_s)
     if rollout.failures:
         raise MeshError("; ".join(f"{where}: {why}" for where, why in rollout.failures.items()))
+    if not rollout.done:
+        waiting = "; ".join(f"{where}: {why}" for where, why in rollout.waiting.items())
+        raise MeshError(
+            f"{name} version {entry['version']} did not reach every live node "
+            f"within {wait_s:g} s" + (f" ({waiting})" if waiting else "")
+        )
     return entry

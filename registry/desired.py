@@ -8,6 +8,8 @@ rollback can name an earlier version.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,10 +17,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from registry.errors import MeshError
+from registry.errors import MeshError, MeshNotFound
 from registry.keys import Keys, text
 
 HISTORY_KEPT = 50
+log = logging.getLogger("edgefaas.registry")
 
 
 @dataclass(frozen=True)
@@ -33,21 +36,35 @@ class DesiredEntry:
     triggers: list[str] = field(default_factory=list)
     deployed_at: float = 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> DesiredEntry:
-        data: dict[str, Any] = json.loads(raw)
-        return cls(
-            name=str(data["name"]),
-            digest=str(data["digest"]),
+    def from_dict(cls, data: dict[str, Any]) -> DesiredEntry:
+        """Raises KeyError, TypeError or ValueError for anything but a well-formed entry:
+        Redis is shared, so what it holds is checked like any other input."""
+        entry = cls(
+            name=_text_field(data, "name"),
+            digest=_text_field(data, "digest"),
             version=int(data["version"]),
-            signature=str(data["signature"]),
-            key_id=str(data["key_id"]),
+            signature=_text_field(data, "signature"),
+            key_id=_text_field(data, "key_id"),
             triggers=[str(t) for t in data.get("triggers", [])],
             deployed_at=float(data.get("deployed_at", 0.0)),
         )
+        if not _DIGEST.fullmatch(entry.digest) or not _NAME.fullmatch(entry.name):
+            raise ValueError(f"entry for {entry.name[:64]!r} has a bad name or digest")
+        return entry
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> DesiredEntry:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a desired entry must be a JSON object")
+        return cls.from_dict(data)
 
 
 class DesiredState:
@@ -62,16 +79,16 @@ class DesiredState:
         return int(raw) if raw else 0
 
     async def entries(self) -> dict[str, DesiredEntry]:
-        raw = await self.redis.hgetall(self.keys.desired)
-        return {text(name): DesiredEntry.from_json(value) for name, value in raw.items()}
+        """The desired entries; a malformed one is skipped (and logged), never fatal."""
+        return _parse_entries(await self.redis.hgetall(self.keys.desired))
 
     async def entry(self, name: str) -> DesiredEntry | None:
         raw = await self.redis.hget(self.keys.desired, name)
-        return DesiredEntry.from_json(raw) if raw else None
+        return _parse_entries({name: raw}).get(name) if raw else None
 
     async def history(self, name: str) -> list[DesiredEntry]:
         raw = await self.redis.lrange(self.keys.history(name), 0, -1)
-        return [DesiredEntry.from_json(item) for item in raw]
+        return list(_parse_entries({f"{i}": item for i, item in enumerate(raw)}).values())
 
     async def assign(
         self, name: str, digest: str, signature: str, key_id: str, triggers: list[str]
@@ -104,7 +121,7 @@ class DesiredState:
         current = await self.entry(name)
         history = await self.history(name)
         if not history:
-            raise MeshError(f"function {name} has never been deployed to this mesh")
+            raise MeshNotFound(f"function {name} has never been deployed to this mesh")
         if to_version is None:
             if current is None:
                 target = history[0]
@@ -113,13 +130,13 @@ class DesiredState:
                     e for e in history if e.version < current.version and e.digest != current.digest
                 ]
                 if not older:
-                    raise MeshError(f"function {name} has no earlier version to roll back to")
+                    raise MeshNotFound(f"function {name} has no earlier version to roll back to")
                 target = older[0]
         else:
             found = [e for e in history if e.version == to_version]
             if not found:
                 known = ", ".join(str(e.version) for e in history)
-                raise MeshError(f"function {name} has no version {to_version} (known: {known})")
+                raise MeshNotFound(f"function {name} has no version {to_version} (known: {known})")
             target = found[0]
         return await self.assign(
             name, target.digest, target.signature, target.key_id, target.triggers
@@ -141,8 +158,7 @@ class DesiredState:
         return {text(item) for item in raw}
 
     async def _entries_in(self, pipe: Any) -> dict[str, DesiredEntry]:
-        raw = await pipe.hgetall(self.keys.desired)
-        return {text(name): DesiredEntry.from_json(value) for name, value in raw.items()}
+        return _parse_entries(await pipe.hgetall(self.keys.desired))
 
     def _write(self, pipe: Any, entry: DesiredEntry) -> None:
         raw = entry.to_json()
@@ -163,3 +179,24 @@ def _check_triggers(name: str, triggers: list[str], current: dict[str, DesiredEn
                 f"function {name}: trigger path {sorted(clash)[0]} is already the "
                 f"trigger of function {other.name} in this mesh"
             )
+
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+
+def _text_field(data: dict[str, Any], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a string")
+    return value
+
+
+def _parse_entries(raw: dict[Any, Any]) -> dict[str, DesiredEntry]:
+    entries = {}
+    for key, value in raw.items():
+        try:
+            entries[text(key)] = DesiredEntry.from_json(value)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring a malformed desired entry %r in Redis: %s", text(key)[:64], exc)
+    return entries

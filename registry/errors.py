@@ -55,6 +55,12 @@ class MeshError(RegistryError):
     code = "mesh_error"
 
 
+class MeshNotFound(MeshError):
+    """The function or version asked for was never deployed to the mesh."""
+
+    code = "not_found"
+
+
 class BundleError(RegistryError):
     """A function cannot be made into a bundle (a file outside its folder, a link that
     leaves it, a folder too large to ship), or an unpacked bundle's folder is unusable."""

@@ -17,12 +17,13 @@ from collections.abc import Callable
 import httpx
 
 from registry.defaults import MAX_BUNDLE_BYTES
-from registry.errors import MeshError
+from registry.errors import BundleError, BundleRejected, MeshAuthError, MeshError
 from registry.store import BundleMeta, BundleStore
 
-FETCH_TIMEOUT_S = 30.0
+FETCH_TIMEOUT_S = 30.0  # per read: a holder that goes silent is dropped
+FETCH_TOTAL_S = 120.0  # per download: a holder that trickles is dropped too
 
-Authenticate = Callable[[str, str], dict[str, str]]
+Authenticate = Callable[[str, str, str], dict[str, str]]  # method, path, to node → headers
 
 
 class Fetcher:
@@ -38,33 +39,48 @@ class Fetcher:
 
     async def fetch(self, digest: str, meta: BundleMeta, sources: dict[str, str]) -> str:
         """Fetch ``digest`` from one of ``sources`` (node name → URL); return the name of
-        the node it came from. Raises :class:`MeshError` listing why each source failed."""
+        the node it came from. Raises :class:`MeshError` listing why each source failed
+        (worth retrying), :class:`MeshAuthError` when every holder refused this node's mesh
+        key, and :class:`BundleRejected` when the bytes fail verification (not worth it:
+        every holder has the same bytes)."""
         order = list(sources.items())
         random.shuffle(order)
         problems = []
+        refused = 0
         for node, url in order:
             try:
-                data = await self._download(url, digest)
+                async with asyncio.timeout(FETCH_TOTAL_S):
+                    data = await self._download(node, url, digest)
                 await asyncio.to_thread(self.store.put, data, digest, meta.signature, meta.key_id)
                 return node
-            except (httpx.HTTPError, MeshError) as exc:
+            except MeshAuthError as exc:
+                refused += 1
                 problems.append(f"{node}: {exc}")
-            # BundleRejected passes through: the bytes are the digest's, their signature is
-            # what the node refuses — another holder would send the same bytes.
+            except (BundleRejected, BundleError):
+                raise
+            except MeshError as exc:
+                problems.append(f"{node}: {exc}")
+            except Exception as exc:  # a holder's failure is its own, whatever it is
+                problems.append(f"{node}: {type(exc).__name__}: {exc}")
         if not problems:
             raise MeshError(f"no live node holds bundle {digest[:12]}")
-        raise MeshError(f"could not fetch bundle {digest[:12]}: " + "; ".join(problems))
+        summary = f"could not fetch bundle {digest[:12]}: " + "; ".join(problems)
+        raise MeshAuthError(summary) if refused == len(problems) else MeshError(summary)
 
-    async def _download(self, url: str, digest: str) -> bytes:
+    async def _download(self, node: str, url: str, digest: str) -> bytes:
         path = f"/system/bundles/{digest}"
         hasher = hashlib.sha256()
         chunks = []
         size = 0
-        headers = self.authenticate("GET", path)
+        headers = self.authenticate("GET", path, node)
         async with self.client.stream("GET", url.rstrip("/") + path, headers=headers) as reply:
+            if reply.status_code in (401, 403):
+                raise MeshAuthError(
+                    f"refused this node's mesh key ({reply.status_code}): "
+                    "are EDGEFAAS_MESH_KEY the same on both nodes?"
+                )
             if reply.status_code != 200:
-                await reply.aread()
-                raise MeshError(f"answered {reply.status_code}: {reply.text[:200]}")
+                raise MeshError(f"answered {reply.status_code}")
             async for chunk in reply.aiter_bytes():
                 size += len(chunk)
                 if size > MAX_BUNDLE_BYTES:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from typing import Any
 
@@ -32,6 +34,8 @@ return 0
 """
 
 NodeRecord = dict[str, Any]
+log = logging.getLogger("edgefaas.registry")
+_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?")
 
 
 class Membership:
@@ -85,4 +89,28 @@ class Membership:
         gone = [n for n, raw in zip(names, raws, strict=True) if raw is None]
         if gone:
             await self.redis.srem(self.keys.nodes, *gone)
-        return [json.loads(raw) for raw in raws if raw is not None]
+        records = []
+        for name, raw in zip(names, raws, strict=True):
+            record = _checked(name, raw) if raw is not None else None
+            if record is not None:
+                records.append(record)
+        return records
+
+
+def _checked(name: str, raw: bytes | str) -> NodeRecord | None:
+    """A node record read back from Redis, or None (logged) if it is not one: Redis is
+    shared, and a record's URL is where this node would send signed requests."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    url = record.get("url") if isinstance(record, dict) else None
+    if (
+        not isinstance(record, dict)
+        or record.get("name") != name
+        or not isinstance(url, str)
+        or not _URL.fullmatch(url)
+    ):
+        log.warning("ignoring a malformed record for node %r in Redis", name[:64])
+        return None
+    return record

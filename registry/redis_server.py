@@ -20,7 +20,6 @@ that is safe).
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import logging
 import os
@@ -36,10 +35,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from registry.errors import RedisServerError, RedisUrlError
+from runtime.lifeline import preexec_die_with
 
 log = logging.getLogger("edgefaas.registry")
 
@@ -80,7 +79,7 @@ def check_redis_url(url: str) -> None:
     :class:`RedisUrlError` saying what is wrong and which forms are accepted)."""
     problem = _url_problem(url)
     if problem:
-        raise RedisUrlError(_mask_password(url), problem)
+        raise RedisUrlError(mask_password(url), problem)
 
 
 def _url_problem(url: str) -> str:
@@ -130,7 +129,8 @@ _SCHEME_CHECKS: dict[str, Callable[[str | None, str], str]] = {
 }
 
 
-def _mask_password(url: str) -> str:
+def mask_password(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for logs and the API)."""
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
@@ -316,7 +316,7 @@ def _spawn_tied_to_this_process(command: list[str], log_path: Path) -> subproces
     does not reach Redis before the node has drained.
     """
     outcome: queue.SimpleQueue[subprocess.Popen[bytes] | Exception] = queue.SimpleQueue()
-    preexec = _die_with(os.getpid())
+    preexec = preexec_die_with(os.getpid())
 
     def keep() -> None:
         try:
@@ -342,20 +342,6 @@ def _spawn_tied_to_this_process(command: list[str], log_path: Path) -> subproces
             f"cannot start the embedded Redis ({command[0]}): {result}"
         ) from result
     return result
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn`` asking for SIGKILL when ``parent`` exits. ``prctl`` is looked up
-    here, in the parent: the child of a threaded process should do no dynamic loading."""
-    prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent:  # the parent died before prctl: no signal would come
-            os._exit(1)
-
-    return preexec
 
 
 def _end(process: subprocess.Popen[bytes]) -> str:

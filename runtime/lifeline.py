@@ -9,6 +9,8 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from collections.abc import Callable
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -32,3 +34,18 @@ def die_with_parent(expected_parent: int) -> None:
     if os.getppid() != expected_parent:
         # The parent died between fork and prctl: the signal will never come.
         os._exit(1)
+
+
+def preexec_die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` for a child that must die with ``parent`` (SIGKILL), even across
+    ``exec``. ``prctl`` is looked up here, in the parent: the child of a threaded process
+    should do no dynamic loading between fork and exec."""
+    prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+
+    def preexec() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before prctl: no signal would come
+            os._exit(1)
+
+    return preexec

@@ -635,16 +635,21 @@ def test_bundles_are_served_to_peers_only_with_a_fresh_mesh_signature(mesh: Mesh
     def get(headers: dict[str, str]) -> httpx.Response:
         return httpx.get(node.url + path, headers=headers, timeout=10)
 
+    me = httpx.get(node.url + "/system/info", headers=node.admin_headers(), timeout=10)
+    name = me.json()["node"]
+
     assert get({}).status_code == 401
     assert httpx.head(node.url + path, timeout=10).status_code == 401
     other_path = f"/system/bundles/{'0' * 64}"
-    assert get(sign_request(key, "peer", "GET", other_path)).status_code == 401
-    stale = sign_request(key, "peer", "GET", path, now=time.time() - 600)
+    assert get(sign_request(key, "peer", "GET", other_path, name)).status_code == 401
+    stale = sign_request(key, "peer", "GET", path, name, now=time.time() - 600)
     refused = get(stale)
     assert refused.status_code == 401 and "old" in refused.json()["error"]["message"]
-    assert get(sign_request(b"another mesh", "peer", "GET", path)).status_code == 401
+    assert get(sign_request(b"another mesh", "peer", "GET", path, name)).status_code == 401
+    for_another_node = get(sign_request(key, "peer", "GET", path, name + "-other"))
+    assert for_another_node.status_code == 401  # captured headers cannot be replayed here
 
-    served = get(sign_request(key, "peer", "GET", path))
+    served = get(sign_request(key, "peer", "GET", path, name))
     assert served.status_code == 200
     assert hashlib.sha256(served.content).hexdigest() == digest
     assert served.headers["x-bundle-key"] == SigningKey.load(mesh.key).key_id

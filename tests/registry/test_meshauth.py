@@ -12,8 +12,10 @@ PATH = "/system/bundles/" + "a" * 64
 
 
 def test_a_signed_request_names_its_node() -> None:
-    headers = sign_request(KEY, "edge-2", "GET", PATH, now=1000.0)
-    assert verify_request(KEY, "GET", PATH, headers, now=1000.0 + WINDOW_S - 1) == "edge-2"
+    headers = sign_request(KEY, "edge-2", "GET", PATH, "edge-1", now=1000.0)
+    assert (
+        verify_request(KEY, "GET", PATH, headers, "edge-1", now=1000.0 + WINDOW_S - 1) == "edge-2"
+    )
 
 
 @pytest.mark.parametrize(
@@ -27,36 +29,42 @@ def test_a_signed_request_names_its_node() -> None:
 def test_a_request_signed_for_something_else_is_refused(
     key: bytes, method: str, path: str, words: str
 ) -> None:
-    headers = sign_request(key, "edge-2", "GET", PATH, now=1000.0)
+    headers = sign_request(key, "edge-2", "GET", PATH, "edge-1", now=1000.0)
     with pytest.raises(MeshAuthError, match=words):
-        verify_request(KEY, method, path, headers, now=1000.0)
+        verify_request(KEY, method, path, headers, "edge-1", now=1000.0)
 
 
 def test_a_replayed_request_outside_the_window_is_refused() -> None:
-    headers = sign_request(KEY, "edge-2", "GET", PATH, now=1000.0)
+    headers = sign_request(KEY, "edge-2", "GET", PATH, "edge-1", now=1000.0)
     with pytest.raises(MeshAuthError, match="old or early"):
-        verify_request(KEY, "GET", PATH, headers, now=1000.0 + WINDOW_S + 1)
+        verify_request(KEY, "GET", PATH, headers, "edge-1", now=1000.0 + WINDOW_S + 1)
     with pytest.raises(MeshAuthError, match="old or early"):
-        verify_request(KEY, "GET", PATH, headers, now=1000.0 - WINDOW_S - 1)
+        verify_request(KEY, "GET", PATH, headers, "edge-1", now=1000.0 - WINDOW_S - 1)
 
 
 def test_a_forged_node_name_breaks_the_signature() -> None:
-    headers = sign_request(KEY, "edge-2", "GET", PATH, now=1000.0)
+    headers = sign_request(KEY, "edge-2", "GET", PATH, "edge-1", now=1000.0)
     headers["x-edgefaas-node"] = "edge-9"
     with pytest.raises(MeshAuthError, match="edge-9 is not signed"):
-        verify_request(KEY, "GET", PATH, headers, now=1000.0)
+        verify_request(KEY, "GET", PATH, headers, "edge-1", now=1000.0)
 
 
 @pytest.mark.parametrize("missing", ["x-edgefaas-node", "x-edgefaas-time", "x-edgefaas-auth"])
 def test_missing_headers_are_refused(missing: str) -> None:
-    headers = sign_request(KEY, "edge-2", "GET", PATH, now=1000.0)
+    headers = sign_request(KEY, "edge-2", "GET", PATH, "edge-1", now=1000.0)
     del headers[missing]
     with pytest.raises(MeshAuthError, match="without"):
-        verify_request(KEY, "GET", PATH, headers, now=1000.0)
+        verify_request(KEY, "GET", PATH, headers, "edge-1", now=1000.0)
 
 
 def test_a_bad_timestamp_is_refused() -> None:
-    headers = sign_request(KEY, "edge-2", "GET", PATH, now=1000.0)
+    headers = sign_request(KEY, "edge-2", "GET", PATH, "edge-1", now=1000.0)
     headers["x-edgefaas-time"] = "yesterday"
     with pytest.raises(MeshAuthError, match="bad timestamp"):
-        verify_request(KEY, "GET", PATH, headers, now=1000.0)
+        verify_request(KEY, "GET", PATH, headers, "edge-1", now=1000.0)
+
+
+def test_a_request_signed_for_another_node_is_refused() -> None:
+    headers = sign_request(KEY, "edge-2", "GET", PATH, "edge-3", now=1000.0)
+    with pytest.raises(MeshAuthError, match="for node edge-1"):
+        verify_request(KEY, "GET", PATH, headers, "edge-1", now=1000.0)

@@ -15,7 +15,6 @@ older one).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -91,6 +90,9 @@ class Reconciler:
         self.failures: dict[str, Failure] = {}
         self.generation = 0  # of the desired state last applied (kept in applied.json)
         self._switching: dict[str, Switch] = {}
+        self._saved: dict[str, Any] | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+        self._write_lock = asyncio.Lock()
 
     def apply(self, desired: dict[str, DesiredEntry], peers: Peers, generation: int) -> None:
         """Start making the node run exactly ``desired``; switches go on in the background
@@ -118,6 +120,8 @@ class Reconciler:
         for switch in self._switching.values():
             switch.task.cancel()
         await self.settle()
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per function: what runs here, and what failed to start (if anything)."""
@@ -289,13 +293,23 @@ class Reconciler:
         log.info("function %s: removed", name)
 
     def _save(self) -> None:
+        """Record what runs here, in the background (it flushes to disk)."""
         applied = {
             "generation": self.generation,
             "functions": {name: r.entry.to_dict() for name, r in self.running.items()},
         }
-        with contextlib.suppress(OSError):
-            if self.store.load_applied() == applied:
-                return
+        if applied == self._saved:
+            return
+        self._saved = applied
+        task = asyncio.get_running_loop().create_task(self._write_in_order(applied))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write_in_order(self, applied: dict[str, Any]) -> None:
+        async with self._write_lock:  # FIFO: the last state written is the last one saved
+            await asyncio.to_thread(self._write, applied)
+
+    def _write(self, applied: dict[str, Any]) -> None:
         try:
             self.store.save_applied(applied)
         except OSError as exc:

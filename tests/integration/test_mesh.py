@@ -200,13 +200,22 @@ def test_a_node_that_joins_later_catches_up_without_a_deploy(mesh: Mesh) -> None
     late = mesh.start(None)
     mesh.wait_serving(NAME, "v2", [late])
     assert f"fetched bundle {digest[:12]} from" in late.log()
-    wait_for(
-        lambda: (
-            digests_by_node(nodes[0], NAME)
-            == dict.fromkeys(("test0", "test1", "test2", "test3"), digest)
-        ),
-        what="the late node to report the deployed digest",
-    )
+    expected = dict.fromkeys(("test0", "test1", "test2", "test3"), digest)
+    seen: list[dict[str, str | None]] = []
+
+    def every_node_reports_it() -> bool:
+        seen.append(digests_by_node(nodes[0], NAME))
+        return seen[-1] == expected
+
+    try:
+        wait_for(
+            every_node_reports_it,
+            timeout_s=20,
+            what="every node, the late one too, to report the deployed digest",
+        )
+    except BaseException:
+        print("last seen:", seen[-1:], "expected:", expected, "late node log:", late.log())
+        raise
 
 
 def test_a_killed_node_drops_out_and_a_stopped_one_leaves_at_once(mesh: Mesh) -> None:

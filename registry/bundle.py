@@ -31,7 +31,7 @@ from typing import Any
 from registry import defaults
 from registry.errors import BundleError
 from registry.signing import SigningKey
-from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, PoolSpec
+from registry.specs import SPILL_KEYS, FunctionSpec, HandlerRef, HttpTrigger, PoolSpec, SpillSpec
 
 FORMAT = 1
 FUNCTION_JSON = "function.json"
@@ -104,11 +104,13 @@ def build_callable_bundle(
     memory_mb: int = defaults.MEMORY_MB,
     env: Mapping[str, str] | None = None,
     triggers: Iterable[HttpTrigger | str] = (),
+    spill: SpillSpec | Mapping[str, Any] | None = None,
 ) -> Bundle:
     """Bundle ``fn`` cloudpickled as ``files/callable.pkl`` (handler kind "pickle"; the
-    handler's attr is ``fn.__name__``, for messages only). ``pool`` may be a
-    :class:`PoolSpec` or a mapping of the pool settings to change from the defaults; a
-    trigger given as a path accepts the default methods."""
+    handler's attr is ``fn.__name__``, for messages only). ``pool`` and ``spill`` may each be
+    a spec (:class:`PoolSpec`, :class:`SpillSpec`) or a mapping of the settings to change
+    from the defaults, e.g. ``spill={"to": []}`` to pin the function to its node; a trigger
+    given as a path accepts the default methods."""
     import cloudpickle  # only deploys from Python need it
 
     spec = FunctionSpec(
@@ -120,6 +122,7 @@ def build_callable_bundle(
         timeout_s=_timeout(timeout_s),
         memory_mb=_memory(memory_mb),
         env=_env(env),
+        spill=_spill(spill),
     )
     try:
         pickled: bytes = cloudpickle.dumps(fn)
@@ -302,6 +305,22 @@ def _pool(pool: PoolSpec | Mapping[str, float] | None) -> PoolSpec:
     if pool.min < 0 or pool.max < max(pool.min, 1) or pool.concurrency < 1:
         raise BundleError(f"invalid pool {given}: {expected}")
     return pool
+
+
+def _spill(spill: SpillSpec | Mapping[str, Any] | None) -> SpillSpec:
+    known = ", ".join(SPILL_KEYS)
+    if isinstance(spill, SpillSpec):
+        return spill
+    if spill is not None and not isinstance(spill, Mapping):
+        raise BundleError(f"invalid spill {spill!r}: expected a SpillSpec or a mapping of {known}")
+    given = dict(spill or {})
+    for key in given:
+        if key not in SPILL_KEYS:
+            raise BundleError(f"unknown spill setting {key!r}; expected one of {known}")
+    try:
+        return SpillSpec(**given)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"invalid {exc}") from exc
 
 
 def _timeout(timeout_s: float) -> float:

@@ -16,6 +16,12 @@ POOL_QUEUE_MAX = 128
 POOL_MAX_QUEUE_WAIT_MS = 2000
 POOL_IDLE_TIMEOUT_S = 30.0
 
+# Spill-over: where a call goes when this node cannot take it soon enough.
+SPILL_TIERS = ("peers", "cloud")  # every tier there is, in the order a call tries them
+SPILL_TO = ("peers", "cloud")
+SPILL_MAX_LOCAL_WAIT_MS = 100
+SPILL_CLOUD_COMPATIBLE = False  # may go to a foreign (non-edgefaas) cloud gateway
+
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DEFAULT_TRIGGER_METHODS = ("POST",)
 

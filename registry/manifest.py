@@ -6,8 +6,9 @@ that every error can name the key path and the line that caused it::
     functions.yaml: functions.motion.pool.max: expected an integer ≥ min (1), got "lots" (line 14)
 
 Settings resolve in three layers: the function's own keys, then the ``defaults:`` block, then
-:mod:`registry.defaults`. ``pool`` and ``env`` merge key by key. Relative paths resolve against
-the manifest's folder and may not leave it. Every problem raises :class:`ManifestError`.
+:mod:`registry.defaults`. ``pool``, ``spill`` and ``env`` merge key by key. Relative paths
+resolve against the manifest's folder and may not leave it. Every problem raises
+:class:`ManifestError`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,23 @@ from typing import NamedTuple
 
 from registry import defaults
 from registry.errors import ManifestError
-from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, Manifest, PoolSpec
+from registry.specs import (
+    SPILL_KEYS,
+    FunctionSpec,
+    HandlerRef,
+    HttpTrigger,
+    Manifest,
+    PoolSpec,
+    SpillSpec,
+)
 from registry.yamltree import YamlTree, join_path, show_value
 
 _TOP_KEYS = ("version", "defaults", "functions")
-_DEFAULT_KEYS = ("pool", "timeout_s", "memory_mb", "env")
+_DEFAULT_KEYS = ("pool", "spill", "timeout_s", "memory_mb", "env")
 _FUNCTION_ONLY_KEYS = ("handler", "triggers", "files")
 _FUNCTION_KEYS = ("handler", "triggers", *_DEFAULT_KEYS, "files")
 _POOL_KEYS = ("min", "max", "concurrency", "queue_max", "max_queue_wait_ms", "idle_timeout_s")
+_GROUPS = {"pool": _POOL_KEYS, "spill": SPILL_KEYS}  # settings that merge key by key
 _MAX_CONCURRENCY = 1000
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -47,6 +57,9 @@ _BUILTIN_SETTINGS: dict[str, object] = {
     "pool.queue_max": defaults.POOL_QUEUE_MAX,
     "pool.max_queue_wait_ms": defaults.POOL_MAX_QUEUE_WAIT_MS,
     "pool.idle_timeout_s": defaults.POOL_IDLE_TIMEOUT_S,
+    "spill.to": list(defaults.SPILL_TO),
+    "spill.max_local_wait_ms": defaults.SPILL_MAX_LOCAL_WAIT_MS,
+    "spill.cloud_compatible": defaults.SPILL_CLOUD_COMPATIBLE,
 }
 
 
@@ -100,7 +113,8 @@ class _Given(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class _Layer:
-    """Settings resolved so far, keyed ``timeout_s``, ``memory_mb``, ``pool.<key>``; and env."""
+    """Settings resolved so far, keyed ``timeout_s``, ``memory_mb``, ``pool.<key>``,
+    ``spill.<key>``; and env."""
 
     given: dict[str, _Given]
     env: dict[str, str]
@@ -162,7 +176,7 @@ class _Checker:
         self.check_keys(block, path, _FUNCTION_KEYS)
         handler, root = self.handler(self.require(block, "handler", path), f"{path}.handler")
         layer = self.overlay(base, block, path)
-        pool, timeout_s, memory_mb = self.settings(layer)
+        pool, spill, timeout_s, memory_mb = self.settings(layer)
         triggers = self.triggers(block.get("triggers", []), f"{path}.triggers", name)
         files = self.files(block.get("files", []), f"{path}.files")
         return FunctionSpec(
@@ -175,6 +189,7 @@ class _Checker:
             memory_mb=memory_mb,
             env=layer.env,
             files=files,
+            spill=spill,
         )
 
     # -- settings that layer: function over defaults over built-in ------------------------
@@ -187,17 +202,20 @@ class _Checker:
         for key in ("timeout_s", "memory_mb"):
             if key in block:
                 given[key] = _Given(block[key], f"{path}.{key}")
-        if "pool" in block:
-            pool = self.mapping(block["pool"], f"{path}.pool")
-            self.check_keys(pool, f"{path}.pool", _POOL_KEYS)
-            given.update({f"pool.{k}": _Given(v, f"{path}.pool.{k}") for k, v in pool.items()})
+        for group, keys in _GROUPS.items():
+            if group in block:
+                items = self.mapping(block[group], f"{path}.{group}")
+                self.check_keys(items, f"{path}.{group}", keys)
+                given.update(
+                    {f"{group}.{k}": _Given(v, f"{path}.{group}.{k}") for k, v in items.items()}
+                )
         env = dict(base.env)
         if "env" in block:
             env.update(self.env(block["env"], f"{path}.env"))
         return _Layer(given, env)
 
-    def settings(self, layer: _Layer) -> tuple[PoolSpec, float, int]:
-        """The layer's pool, timeout_s and memory_mb, checked."""
+    def settings(self, layer: _Layer) -> tuple[PoolSpec, SpillSpec, float, int]:
+        """The layer's pool, spill, timeout_s and memory_mb, checked."""
         given = layer.given
         longest = defaults.MAX_TIMEOUT_S
         timeout_s = self.number(
@@ -205,7 +223,7 @@ class _Checker:
         )
         least = defaults.MIN_MEMORY_MB
         memory_mb = self.integer(given["memory_mb"], f"an integer ≥ {least}", lambda n: n >= least)
-        return self.pool(given), timeout_s, memory_mb
+        return self.pool(given), self.spill(given), timeout_s, memory_mb
 
     def pool(self, given: dict[str, _Given]) -> PoolSpec:
         minimum, maximum = self.pool_bounds(given["pool.min"], given["pool.max"])
@@ -237,6 +255,26 @@ class _Checker:
         floor = max(minimum, 1)
         expected = f"an integer ≥ min ({minimum})" if minimum >= 1 else "an integer ≥ 1"
         return minimum, self.integer(given_max, expected, lambda n: n >= floor)
+
+    def spill(self, given: dict[str, _Given]) -> SpillSpec:
+        tiers = self.tiers(given["spill.to"])
+        wait_ms = self.integer(given["spill.max_local_wait_ms"], "an integer ≥ 0", lambda n: n >= 0)
+        flag = given["spill.cloud_compatible"]
+        if not isinstance(flag.value, bool):
+            raise self.invalid(flag.path, "true or false", flag.value)
+        return SpillSpec(tiers, wait_ms, flag.value)
+
+    def tiers(self, given: _Given) -> tuple[str, ...]:
+        """Spill tiers, in tier order whatever order they were given in."""
+        known = ", ".join(defaults.SPILL_TIERS)
+        expected = f"a list of {known} (or [] to pin the function to its node)"
+        items = self.sequence(given.value, given.path, expected)
+        for i, item in enumerate(items):
+            if item not in defaults.SPILL_TIERS:
+                raise self.invalid(f"{given.path}[{i}]", f"one of {known}", item)
+            if item in items[:i]:
+                raise self.error(f"{given.path}[{i}]", f"duplicate tier {show_value(item)}")
+        return tuple(tier for tier in defaults.SPILL_TIERS if tier in items)
 
     def env(self, value: object, path: str) -> dict[str, str]:
         env: dict[str, str] = {}

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from registry import defaults
+
 HandlerKind = Literal["file", "module", "pickle"]
+SPILL_KEYS = ("to", "max_local_wait_ms", "cloud_compatible")  # the fields of SpillSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,75 @@ class PoolSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SpillSpec:
+    """Where a call may go when this node cannot take it soon enough.
+
+    ``to`` lists the tiers to try, always in :data:`registry.defaults.SPILL_TIERS` order
+    (peers before cloud), whatever order they were given in; empty pins the function to its
+    node. ``max_local_wait_ms`` is the longest a call is expected to wait here before it is
+    sent elsewhere. ``cloud_compatible`` says whether the function may go to a foreign
+    (non-edgefaas, OpenFaaS-style) cloud gateway. Bad values raise ValueError or TypeError:
+    specs read from a bundle are untrusted input.
+    """
+
+    to: tuple[str, ...] = defaults.SPILL_TO
+    max_local_wait_ms: int = defaults.SPILL_MAX_LOCAL_WAIT_MS
+    cloud_compatible: bool = defaults.SPILL_CLOUD_COMPATIBLE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "to", _spill_tiers(self.to))
+        _check_spill_values(self.max_local_wait_ms, self.cloud_compatible)
+
+    @property
+    def pinned(self) -> bool:
+        """True when calls never leave this node."""
+        return not self.to
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "to": list(self.to),
+            "max_local_wait_ms": self.max_local_wait_ms,
+            "cloud_compatible": self.cloud_compatible,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> SpillSpec:
+        if not isinstance(data, dict):
+            raise TypeError(f"spill: expected an object, got {data!r}")
+        for key in data:
+            if key not in SPILL_KEYS:
+                raise ValueError(f"spill: unknown key {key!r}; expected {', '.join(SPILL_KEYS)}")
+        for key in SPILL_KEYS:
+            if key not in data:
+                raise ValueError(f"spill: missing key {key!r}")
+        return cls(data["to"], data["max_local_wait_ms"], data["cloud_compatible"])
+
+
+def _spill_tiers(to: object) -> tuple[str, ...]:
+    """``to`` checked, as a tuple in tier order."""
+    tiers = defaults.SPILL_TIERS
+    if not isinstance(to, tuple | list):  # a string would pass as a sequence of letters
+        raise TypeError(f"spill.to: expected a list of tiers, got {to!r}")
+    for i, tier in enumerate(to):
+        if not isinstance(tier, str) or tier not in tiers:
+            raise ValueError(f"spill.to: unknown tier {tier!r}; expected {' or '.join(tiers)}")
+        if tier in to[:i]:
+            raise ValueError(f"spill.to: duplicate tier {tier!r}")
+    return tuple(tier for tier in tiers if tier in to)
+
+
+def _check_spill_values(max_local_wait_ms: object, cloud_compatible: object) -> None:
+    wait = max_local_wait_ms
+    problem = f"spill.max_local_wait_ms: expected an integer ≥ 0, got {wait!r}"
+    if isinstance(wait, bool) or not isinstance(wait, int):
+        raise TypeError(problem)
+    if wait < 0:
+        raise ValueError(problem)
+    if not isinstance(cloud_compatible, bool):
+        raise TypeError(f"spill.cloud_compatible: expected true or false, got {cloud_compatible!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionSpec:
     """One function as declared in the manifest, with paths made absolute.
 
@@ -70,6 +142,7 @@ class FunctionSpec:
     memory_mb: int
     env: dict[str, str] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    spill: SpillSpec = field(default_factory=SpillSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,10 +166,13 @@ class FunctionSpec:
             "memory_mb": self.memory_mb,
             "env": dict(self.env),
             "files": [str(p) for p in self.files],
+            "spill": self.spill.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FunctionSpec:
+        """The spec :meth:`to_dict` wrote. A missing ``spill`` (a bundle built before
+        spill-over existed) means the defaults; bad values raise ValueError or TypeError."""
         handler = data["handler"]
         pool = data["pool"]
         return cls(
@@ -116,6 +192,7 @@ class FunctionSpec:
             memory_mb=data["memory_mb"],
             env=dict(data["env"]),
             files=tuple(Path(p) for p in data["files"]),
+            spill=SpillSpec.from_dict(data["spill"]) if "spill" in data else SpillSpec(),
         )
 
 

@@ -19,16 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from registry import defaults
 from registry.bundle import Bundle, SignedBundle, build_bundle, build_callable_bundle
+from registry.client import deploy_callable
 from registry.errors import BundleError, BundleRejected
 from registry.manifest import load_manifest
 from registry.signing import SigningKey, TrustedKeys
-from registry.specs import FunctionSpec, HandlerRef, HttpTrigger
+from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, SpillSpec
 from registry.unpack import read_function_json, unpack_bundle, verify_bundle
 
 MANIFEST = """\
@@ -42,6 +44,7 @@ functions:
     timeout_s: 5
     memory_mb: 128
     env: {REGION: eu}
+    spill: {to: [peers], max_local_wait_ms: 20}
     files: [functions/motion/data/ads.json]
   plugin:
     handler: vendor.plugin:main
@@ -303,6 +306,7 @@ def test_build_sign_unpack_round_trip(
     assert (root / "latest.json").read_bytes() == SHIPPED["data/ads.json"]
     assert stat.S_IMODE((root / "run.sh").stat().st_mode) & 0o100
     assert not stat.S_IMODE((root / "handler.py").stat().st_mode) & 0o111
+    assert unpacked.spill == SpillSpec(to=("peers",), max_local_wait_ms=20)
     assert read_function_json(dest) == unpacked
     assert sorted(os.listdir(dest.parent)) == [signed.digest]  # no staging folder left
 
@@ -437,6 +441,11 @@ DOCUMENT: dict[str, Any] = {
 }
 
 
+def with_spill(**spill: object) -> bytes:
+    """DOCUMENT with a spill object: the defaults, changed by ``spill``."""
+    return json.dumps({**DOCUMENT, "spill": {**SpillSpec().to_dict(), **spill}}).encode()
+
+
 def regular(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -484,6 +493,7 @@ def test_a_crafted_archive_without_tricks_unpacks(
     assert (root / "sub/link").read_bytes() == (root / "handler.py").read_bytes()
     assert (root / "hard").read_bytes() == b"data"
     assert spec.name == "evil"
+    assert spec.spill == SpillSpec()  # a function.json from before spill-over existed
 
 
 MALICIOUS = {
@@ -597,6 +607,17 @@ def test_an_archive_that_unpacks_too_large_is_refused(
             "'/etc/passwd' is not a path",
         ),
         (json.dumps({"format": 1}).encode(), "function.json lacks the key 'handler'"),
+        (
+            with_spill(to=["peers", "edge"]),
+            "function.json is invalid: spill.to: unknown tier 'edge'; expected peers or cloud",
+        ),
+        (with_spill(to=["cloud", "cloud"]), "spill.to: duplicate tier 'cloud'"),
+        (with_spill(to="peers"), "spill.to: expected a list of tiers, got 'peers'"),
+        (with_spill(max_local_wait_ms=-1), "spill.max_local_wait_ms: expected an integer ≥ 0"),
+        (with_spill(max_local_wait_ms=0.5), "spill.max_local_wait_ms: expected an integer ≥ 0"),
+        (with_spill(cloud_compatible="yes"), "spill.cloud_compatible: expected true or false"),
+        (with_spill(colour="red"), "spill: unknown key 'colour'"),
+        (json.dumps({**DOCUMENT, "spill": ["peers"]}).encode(), "spill: expected an object"),
     ],
 )
 def test_a_bad_function_json_is_refused(
@@ -657,7 +678,12 @@ def test_a_cloudpickled_closure_round_trip(
         return {"scaled": event["x"] * factor}
 
     bundle = build_callable_bundle(
-        scale, "scaler", pool={"max": 2}, env={"UNIT": "cm"}, triggers=["/scale"]
+        scale,
+        "scaler",
+        pool={"max": 2},
+        env={"UNIT": "cm"},
+        triggers=["/scale"],
+        spill={"to": ["cloud"], "cloud_compatible": True},
     )
     signed = bundle.sign(key)
     dest = tmp_path / "node" / signed.digest
@@ -673,6 +699,7 @@ def test_a_cloudpickled_closure_round_trip(
     assert (spec.timeout_s, spec.memory_mb) == (defaults.TIMEOUT_S, defaults.MEMORY_MB)
     assert spec.env == {"UNIT": "cm"}
     assert spec.files == ()
+    assert spec.spill == SpillSpec(("cloud",), defaults.SPILL_MAX_LOCAL_WAIT_MS, True)
     with open(spec.handler.target, "rb") as pickled:
         assert cloudpickle.loads(pickled.read())({"x": 2}) == {"scaled": 6}
 
@@ -725,12 +752,90 @@ def test_a_callable_bundle_with_a_bad_signature_is_not_unpacked(
         ({"memory_mb": 1}, "invalid memory_mb 1"),
         ({"env": {"1X": "y"}}, "invalid env entry '1X'"),
         ({"triggers": ["scale"]}, "invalid trigger"),
+        (
+            {"spill": {"tier": ["peers"]}},
+            "unknown spill setting 'tier'; expected one of to, max_local_wait_ms, cloud_compatible",
+        ),
+        ({"spill": ["peers"]}, "invalid spill ['peers']: expected a SpillSpec or a mapping of to,"),
+        (
+            {"spill": {"to": ["edge"]}},
+            "invalid spill.to: unknown tier 'edge'; expected peers or cloud",
+        ),
+        ({"spill": {"to": ["peers", "peers"]}}, "invalid spill.to: duplicate tier 'peers'"),
+        ({"spill": {"to": "cloud"}}, "invalid spill.to: expected a list of tiers, got 'cloud'"),
+        (
+            {"spill": {"max_local_wait_ms": -1}},
+            "invalid spill.max_local_wait_ms: expected an integer ≥ 0, got -1",
+        ),
+        (
+            {"spill": {"cloud_compatible": 1}},
+            "invalid spill.cloud_compatible: expected true or false, got 1",
+        ),
     ],
 )
 def test_callable_bundle_settings_are_checked(settings_: dict[str, object], message: str) -> None:
     arguments: dict[str, Any] = {"name": "fine", **settings_}
     with pytest.raises(BundleError, match=re.escape(message)):
         build_callable_bundle(lambda event: event, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("spill", "expected"),
+    [
+        (None, SpillSpec()),
+        ({}, SpillSpec()),
+        ({"to": ["cloud", "peers"]}, SpillSpec(("peers", "cloud"))),
+        ({"to": [], "max_local_wait_ms": 0}, SpillSpec((), 0)),
+        (SpillSpec(("peers",), 30, True), SpillSpec(("peers",), 30, True)),
+    ],
+)
+def test_a_callable_bundle_carries_its_spill(
+    spill: SpillSpec | dict[str, Any] | None, expected: SpillSpec
+) -> None:
+    bundle = build_callable_bundle(lambda event: event, "echo", spill=spill)
+    assert function_json(bundle)["spill"] == expected.to_dict()
+
+
+def test_deploy_callable_ships_its_spill(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, key: SigningKey, trusted: TrustedKeys
+) -> None:
+    """Against a stand-in gateway: the uploaded bundle unpacks with the spill asked for."""
+    uploaded: dict[str, bytes] = {}
+    running: dict[str, dict[str, str]] = {}  # function → {"digest": ...}, as a node reports
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        if request.method == "HEAD":
+            return httpx.Response(404)
+        if request.method == "PUT":
+            uploaded[request.url.path.rsplit("/", 1)[-1]] = request.read()
+            return httpx.Response(201)
+        if request.method == "POST":
+            body = json.loads(request.content)
+            running[body["name"]] = {"digest": body["digest"]}
+            return httpx.Response(200, json={"name": body["name"], "version": 1})
+        return httpx.Response(200, json={"nodes": [{"name": "n1", "functions": running}]})
+
+    real_client = httpx.Client
+    transport = httpx.MockTransport(gateway)
+    monkeypatch.setattr(
+        httpx, "Client", lambda **options: real_client(transport=transport, **options)
+    )
+
+    entry = deploy_callable(
+        lambda event: event,
+        name="cam",
+        token="admin",
+        signing_key=key,
+        wait_s=5.0,
+        spill={"to": [], "max_local_wait_ms": 5},
+    )
+
+    assert entry == {"name": "cam", "version": 1}
+    [(digest, data)] = uploaded.items()
+    signature = key.sign_digest(digest)
+    spec = unpack_bundle(data, digest, signature, key.key_id, trusted, tmp_path / "d")
+    assert spec.spill == SpillSpec(to=(), max_local_wait_ms=5, cloud_compatible=False)
+    assert spec.spill.pinned
 
 
 def test_gzip_stream_of_a_bundle_is_plain(spec_of: Callable[[str], FunctionSpec]) -> None:

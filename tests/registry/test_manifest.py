@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from registry import defaults
 from registry.errors import ManifestError
 from registry.manifest import load_manifest, parse_manifest
-from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, Manifest, PoolSpec
+from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, Manifest, PoolSpec, SpillSpec
 
 HANDLERS = ("functions/echo/handler.py", "functions/motion/handler.py")
 FULL = """\
@@ -21,6 +21,7 @@ version: 1
 defaults:
   timeout_s: 20
   pool: {max: 3, queue_max: 64}
+  spill: {max_local_wait_ms: 50}
   env: {LOG_LEVEL: info, REGION: eu}
 functions:
   motion:
@@ -30,6 +31,7 @@ functions:
       - http: {path: /motion}
     pool: {min: 0, concurrency: 4, idle_timeout_s: 2.5}
     memory_mb: 256
+    spill: {to: [cloud, peers], cloud_compatible: true}
     env: {REGION: us, DEBUG: true, RETRIES: 3, RATIO: 0.5}
     files: [functions/motion/ads.json]
   echo:
@@ -96,6 +98,7 @@ def test_full_manifest_becomes_specs_with_defaults_applied(folder: Path, parse: 
         memory_mb=256,
         env={"LOG_LEVEL": "info", "REGION": "us", "DEBUG": "true", "RETRIES": "3", "RATIO": "0.5"},
         files=(folder / "functions/motion/ads.json",),
+        spill=SpillSpec(to=("peers", "cloud"), max_local_wait_ms=50, cloud_compatible=True),
     )
     assert manifest.functions["echo"] == FunctionSpec(
         name="echo",
@@ -108,6 +111,7 @@ def test_full_manifest_becomes_specs_with_defaults_applied(folder: Path, parse: 
         timeout_s=20.0,
         memory_mb=512,
         env={"LOG_LEVEL": "info", "REGION": "eu"},
+        spill=SpillSpec(to=("peers", "cloud"), max_local_wait_ms=50, cloud_compatible=False),
     )
 
 
@@ -129,6 +133,45 @@ def test_builtin_defaults_apply_without_a_defaults_block(parse: Parse) -> None:
         idle_timeout_s=defaults.POOL_IDLE_TIMEOUT_S,
     )
     assert (spec.timeout_s, spec.memory_mb, spec.env, spec.files) == (10.0, 512, {}, ())
+    assert spec.spill == SpillSpec(
+        to=defaults.SPILL_TO,
+        max_local_wait_ms=defaults.SPILL_MAX_LOCAL_WAIT_MS,
+        cloud_compatible=defaults.SPILL_CLOUD_COMPATIBLE,
+    )
+    assert spec.spill == SpillSpec(("peers", "cloud"), 100, False)
+
+
+def test_a_function_can_pin_itself_to_its_node(parse: Parse) -> None:
+    spec = parse(with_function("spill: {to: [], max_local_wait_ms: 0}")).functions["echo"]
+    assert spec.spill == SpillSpec(to=(), max_local_wait_ms=0, cloud_compatible=False)
+    assert spec.spill.pinned
+
+
+def test_spill_merges_key_by_key_over_the_defaults_block(parse: Parse) -> None:
+    text = """\
+        version: 1
+        defaults:
+          spill: {to: [peers], cloud_compatible: true}
+        functions:
+          motion:
+            handler: functions/motion/handler.py:handle
+            spill: {max_local_wait_ms: 250}
+          echo:
+            handler: functions/echo/handler.py:handle
+            spill:
+              to: [cloud]
+          plain:
+            handler: functions/echo/handler.py:handle
+    """
+    functions = parse(text).functions
+    assert functions["motion"].spill == SpillSpec(("peers",), 250, True)
+    assert functions["echo"].spill == SpillSpec(("cloud",), 100, True)
+    assert functions["plain"].spill == SpillSpec(("peers",), 100, True)
+
+
+def test_spill_tiers_are_kept_in_tier_order(parse: Parse) -> None:
+    spec = parse(with_function("spill: {to: [cloud, peers]}")).functions["echo"]
+    assert spec.spill.to == ("peers", "cloud")
 
 
 def test_trigger_routes_map_paths_to_their_functions(parse: Parse) -> None:
@@ -189,6 +232,22 @@ def test_the_example_message_word_for_word(parse: Parse) -> None:
         "key_path": "functions.motion.pool.max",
         "line": 7,
     }
+
+
+def test_a_spill_message_word_for_word(parse: Parse) -> None:
+    text = with_function("spill:\n  max_local_wait_ms: 50\n  to: [peers, edge]\n", name="cam")
+    error = error_of(parse, text)
+    assert str(error) == (
+        'functions.yaml: functions.cam.spill.to[1]: expected one of peers, cloud, got "edge"'
+        " (line 7)"
+    )
+
+
+def test_a_spill_tier_in_a_block_list_reports_its_own_line(parse: Parse) -> None:
+    error = error_of(parse, with_function("spill:\n  to:\n    - cloud\n    - cloud\n"))
+    assert str(error) == (
+        'functions.yaml: functions.echo.spill.to[1]: duplicate tier "cloud" (line 8)'
+    )
 
 
 def test_load_manifest_names_the_file_as_given(folder: Path) -> None:
@@ -308,6 +367,18 @@ def test_deep_nesting_is_an_error_not_a_crash(parse: Parse) -> None:
             "functions.echo.colour",
             'unknown key "colour"; expected one of handler, triggers, pool,',
         ),
+        (with_function("spil: {}"), "functions.echo.spil", 'did you mean "spill"?'),
+        (with_function("spill: {too: []}"), "functions.echo.spill.too", 'did you mean "to"?'),
+        (
+            with_function("spill: {colour: red}"),
+            "functions.echo.spill.colour",
+            'unknown key "colour"; expected one of to, max_local_wait_ms, cloud_compatible',
+        ),
+        (
+            "version: 1\ndefaults: {spill: {max_local_wait: 3}}\n",
+            "defaults.spill.max_local_wait",
+            'did you mean "max_local_wait_ms"?',
+        ),
         (
             "version: 1\ndefaults: {timeout: 3}\n",
             "defaults.timeout",
@@ -356,6 +427,26 @@ def test_unknown_key_reports_its_own_line(parse: Parse) -> None:
         ("pool: {max_queue_wait_ms: 1.5}", "pool.max_queue_wait_ms", "got 1.5"),
         ("pool: {idle_timeout_s: -1}", "pool.idle_timeout_s", "expected a number ≥ 0, got -1"),
         ("pool: {idle_timeout_s: .inf}", "pool.idle_timeout_s", "expected a number ≥ 0"),
+        ("spill: []", "spill", "expected a mapping, got a list"),
+        ("spill: false", "spill", "expected a mapping, got false"),
+        (
+            "spill: {to: peers}",
+            "spill.to",
+            'expected a list of peers, cloud (or [] to pin the function to its node), got "peers"',
+        ),
+        ("spill: {to: null}", "spill.to", "expected a list of peers, cloud"),
+        ("spill: {to: [edge]}", "spill.to[0]", 'expected one of peers, cloud, got "edge"'),
+        ("spill: {to: [Peers]}", "spill.to[0]", 'expected one of peers, cloud, got "Peers"'),
+        ("spill: {to: [[peers]]}", "spill.to[0]", "expected one of peers, cloud, got a list"),
+        ("spill: {to: [peers, 1]}", "spill.to[1]", "expected one of peers, cloud, got 1"),
+        ("spill: {to: [peers, peers]}", "spill.to[1]", 'duplicate tier "peers"'),
+        ("spill: {max_local_wait_ms: -1}", "spill.max_local_wait_ms", "an integer ≥ 0, got -1"),
+        ("spill: {max_local_wait_ms: 1.5}", "spill.max_local_wait_ms", "≥ 0, got 1.5"),
+        ("spill: {max_local_wait_ms: true}", "spill.max_local_wait_ms", "≥ 0, got true"),
+        ('spill: {max_local_wait_ms: "100"}', "spill.max_local_wait_ms", '≥ 0, got "100"'),
+        ("spill: {cloud_compatible: 1}", "spill.cloud_compatible", "expected true or false, got 1"),
+        ('spill: {cloud_compatible: "true"}', "spill.cloud_compatible", 'or false, got "true"'),
+        ("spill: {cloud_compatible: null}", "spill.cloud_compatible", "or false, got null"),
         ("env: [A]", "env", "expected a mapping, got a list"),
         ("env: {A: null}", "env.A", "expected a string, number or boolean, got null"),
         ("env: {A: [1]}", "env.A", "expected a string, number or boolean, got a list"),
@@ -378,6 +469,16 @@ def test_bad_defaults_are_reported_even_when_every_function_overrides_them(
     text = with_function("memory_mb: 64", head="defaults:\n  memory_mb: 8\n")
     error = error_of(parse, text)
     assert (error.key_path, error.line) == ("defaults.memory_mb", 3)
+
+
+def test_bad_spill_defaults_are_reported_even_when_every_function_overrides_them(
+    parse: Parse,
+) -> None:
+    head = "defaults:\n  spill:\n    to: [cloud, edge]\n"
+    error = error_of(parse, with_function("spill: {to: []}", head=head))
+    assert str(error) == (
+        'functions.yaml: defaults.spill.to[1]: expected one of peers, cloud, got "edge" (line 4)'
+    )
 
 
 def test_min_above_a_default_max_is_blamed_on_the_function_min(parse: Parse) -> None:
@@ -567,6 +668,7 @@ def test_trigger_shape_errors(parse: Parse, triggers: str, key_path: str, proble
 
 SCHEMA_WORDS = ["version", "functions", "defaults", "handler", "triggers", "http", "path"]
 SCHEMA_WORDS += ["methods", "pool", "min", "max", "env", "files", "timeout_s", "memory_mb", "A"]
+SCHEMA_WORDS += ["spill", "to", "max_local_wait_ms", "cloud_compatible"]
 keys = st.sampled_from(SCHEMA_WORDS) | st.text(max_size=8)
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
 leaves = scalars | st.sampled_from(["h.py:handle", "mod:fn", "/echo", "GET", "h.py", 1])
@@ -586,6 +688,14 @@ def around(function: dict[str, object], defaults_block: dict[str, object]) -> ob
 plausible = {
     "triggers": st.just([{"http": {"path": "/echo", "methods": ["get"]}}]),
     "pool": st.dictionaries(st.sampled_from(["min", "max", "concurrency"]), st.integers(0, 9)),
+    "spill": st.fixed_dictionaries(
+        {},
+        optional={
+            "to": st.lists(st.sampled_from(["peers", "cloud", "edge"]), max_size=3),
+            "max_local_wait_ms": st.integers(-1, 500),
+            "cloud_compatible": st.booleans() | scalars,
+        },
+    ),
     "env": st.dictionaries(st.sampled_from(["A", "B_1"]), scalars),
     "timeout_s": st.floats(0, 1000),
     "memory_mb": st.integers(0, 1024),

@@ -5,9 +5,13 @@ spends on a call; so call lines are formatted with a cached timestamp, buffered,
 by a background task every ``FLUSH_S`` (or when ``MAX_BUFFERED`` lines wait). The lines look
 like the node's other log lines::
 
-    2026-11-27 04:27:50,763 INFO    edgefaas.calls: ← echo 200 1.44ms local 4457b2f835af-1
+    2026-11-27 04:27:50,763 INFO    edgefaas.calls: ← echo 200 1.44ms local free_worker a1-1
+    2026-11-27 04:27:50,801 INFO    edgefaas.calls: ← echo 200 3.02ms peer:edge-2 saturated a1-2
 
-``←`` marks an answered call, ``!`` a call that failed on the node's side (status ≥ 500).
+``←`` marks an answered call, ``!`` a call that failed on the node's side (status ≥ 500); then
+the function, status, time, where it was served (local, peer:NODE, cloud) and why (the
+router's reason: free_worker, queue_ok, saturated, deadline, unavailable, pinned,
+cloud_down), and the call id.
 """
 
 from __future__ import annotations
@@ -32,7 +36,15 @@ class CallLog:
         self._prefix = ""
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, name: str, status: int, seconds: float, served_by: str, call_id: str) -> None:
+    def record(
+        self,
+        name: str,
+        status: int,
+        seconds: float,
+        served_by: str,
+        call_id: str,
+        reason: str = "",
+    ) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:
@@ -41,7 +53,8 @@ class CallLog:
         mark = "!" if status >= 500 else "←"
         self._lines.append(
             f"{self._prefix},{int((now - second) * 1000):03d} INFO    edgefaas.calls: "
-            f"{mark} {name} {status} {seconds * 1000:.2f}ms {served_by} {call_id}\n"
+            f"{mark} {name} {status} {seconds * 1000:.2f}ms {served_by} {reason or '-'} "
+            f"{call_id}\n"
         )
         if len(self._lines) >= MAX_BUFFERED:
             self.flush()

@@ -1,9 +1,10 @@
 """The call path: ``/function/{name}[/{rest}]`` and the manifest's trigger paths.
 
 A plain ASGI endpoint, because it is the hot path: it reads the body (refusing oversize ones
-before reading them), asks the pool for admission — the one decision point where a call is
-served here or refused (later: sent to a peer or the cloud) — waits for the worker's answer
-and writes it with ``X-Call-Id``, ``X-Served-By`` and ``X-Duration-Seconds``.
+before reading them), asks the :class:`~gateway.router.Router` where the call is served —
+here, on a peer, in the cloud, or nowhere (429) — and writes the answer with ``X-Call-Id``,
+``X-Served-By`` and ``X-Duration-Seconds``. A call another node forwarded is checked (mesh
+signature, no replay, same digest) and then served here or refused, never sent on.
 """
 
 from __future__ import annotations
@@ -19,25 +20,32 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import (
     BadRequest,
+    Conflict,
     GatewayError,
     Headers,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     error_response,
     internal_error_response,
 )
-from runtime.errors import RuntimeFailure, Unavailable
+from gateway.forward import DIGEST_HEADER, HOP_HEADER, REFUSED_HEADER
+from gateway.router import Outgoing
+from registry.errors import MeshAuthError
+from registry.meshauth import NONCE_HEADER, ReplayGuard, verify_request
+from runtime.errors import Overloaded, RuntimeFailure, Unavailable
 from runtime.event import build_header_block
 
 if TYPE_CHECKING:
     from gateway.node import Node
+    from runtime.pool import WarmPool
 
 log = logging.getLogger("edgefaas.gateway")
 _CALL_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 STATUS_CLIENT_GONE = 499  # as nginx logs it: the client closed the request
 _CUT_OFF = "the node is stopping and its grace period ended before the call finished"
-_SERVED_LOCAL = (b"x-served-by", b"local")
+MAX_DEADLINE_MS = 3_600_000
 
 
 class CallIds:
@@ -60,8 +68,10 @@ class Invoker:
         self.node = node
         self.pools = node.supervisor.pools
         self.metrics = node.metrics
+        self.router = node.router
         self.max_body = node.settings.max_body_bytes
         self.call_log = node.call_log
+        self.replays = ReplayGuard()
 
     async def __call__(
         self,
@@ -73,79 +83,146 @@ class Invoker:
         methods: tuple[str, ...] | None = None,
     ) -> None:
         """Serve a call to function ``name``; ``methods`` restricts a trigger path's methods."""
-        started = time.perf_counter()
-        call_id = self.node.call_ids.next()
-        pool = self.pools.get(name)
+        route = Route(self.node.call_ids.next(), time.perf_counter())
         try:
-            given, length = self._read_headers(scope["headers"])
-            call_id = given or call_id
-            if methods is not None and scope["method"] not in methods:
-                raise MethodNotAllowed(
-                    f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
-                )
-            if pool is None:
-                raise NotFound(f"no function named {name!r} on this node")
-            if length > self.max_body:
-                raise PayloadTooLarge(self._too_large(length))
-            body = await self._read_body(receive)
-            pool = self.pools.get(name, pool)  # a new version may have taken over meanwhile
-            admission = pool.admit()
-            if not admission.admitted:
-                raise admission.failure()
-            call = pool.submit(
-                scope["method"].encode(),
-                path.encode(),
-                scope["query_string"],
-                build_header_block(scope["headers"]),
-                call_id,
-                body,
-            )
-            result = await call.future
-            status, body = result.status, result.body
-            headers = _split_headers(result.headers)
+            status, headers, body = await self._serve(scope, receive, name, path, methods, route)
+        except Refused as exc:
+            status, headers, body = error_response(exc.failure)
+            headers.append((REFUSED_HEADER, exc.reason.encode()))
+            route.reason = route.reason or exc.reason
+        except Overloaded as exc:
+            status, headers, body = error_response(exc)
+            route.reason = exc.reason
         except (GatewayError, RuntimeFailure) as exc:
             status, headers, body = error_response(exc)
         except ClientGone:  # nobody to answer; the call did not reach a worker
-            self._record(name, call_id, started, STATUS_CLIENT_GONE)
+            route.served_by, route.reason = "none", "client_gone"
+            self._record(name, route, STATUS_CLIENT_GONE)
             return
         except asyncio.CancelledError:  # the node's grace period ended during the call
             status, headers, body = error_response(Unavailable(_CUT_OFF))
-            await self._respond(send, name, call_id, started, status, headers, body)
+            await self._respond(send, name, route, status, headers, body)
             raise
         except Exception:
             log.exception("call to %s failed inside the gateway", name)
             status, headers, body = internal_error_response()
-        await self._respond(send, name, call_id, started, status, headers, body)
+        await self._respond(send, name, route, status, headers, body)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        name: str,
+        path: str,
+        methods: tuple[str, ...] | None,
+        route: Route,
+    ) -> tuple[int, Headers, bytes]:
+        pool = self.pools.get(name)
+        given, length, deadline_s, forwarded = self._read_headers(scope["headers"])
+        route.call_id = given or route.call_id
+        if methods is not None and scope["method"] not in methods:
+            raise MethodNotAllowed(
+                f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
+            )
+        if pool is None:
+            raise _refused_if(forwarded, NotFound(f"no function named {name!r} here"))
+        if length > self.max_body:
+            raise PayloadTooLarge(self._too_large(length))
+        body = await self._read_body(receive)
+        pool = self.pools.get(name, pool)  # a new version may have taken over meanwhile
+        headers_in = scope["headers"]
+        if forwarded:
+            self._check_forwarded(scope, body, pool)
+            headers_in = [h for h in headers_in if not h[0].startswith(b"x-edgefaas-")]
+        admission, route.reason = self.router.admit(pool, deadline_s, forwarded)
+        if admission.admitted:
+            call = pool.submit(
+                scope["method"].encode(),
+                path.encode(),
+                scope["query_string"],
+                build_header_block(headers_in),
+                route.call_id,
+                body,
+            )
+            result = await call.future
+            return result.status, _split_headers(result.headers), result.body
+        if forwarded:  # one hop only: the node that sent it routes it further
+            raise Refused(admission.failure(), route.reason)
+        outgoing = Outgoing(
+            name,
+            scope["method"],
+            _raw_target(scope),
+            scope["headers"],
+            body,
+            route.call_id,
+            route.started,
+            deadline_s,
+        )
+        served = await self.router.spill(pool, admission, route.reason, outgoing)
+        route.served_by = served.served_by
+        return served.status, served.headers, served.body
+
+    def _check_forwarded(self, scope: Scope, body: bytes, pool: WarmPool) -> None:
+        """A call another node forwarded: it must be signed with the mesh key for this
+        node, not replayed, and meant for the version that runs here."""
+        headers = {
+            key.decode("latin-1"): value.decode("latin-1")
+            for key, value in scope["headers"]
+            if key.startswith(b"x-edgefaas-")
+        }
+        mesh = self.node.mesh
+        try:
+            verify_request(
+                mesh.mesh_key,
+                scope["method"],
+                _raw_target(scope).decode("latin-1"),
+                headers,
+                self.node.name,
+                body=body,
+            )
+            self.replays.check(headers[NONCE_HEADER])
+        except MeshAuthError as exc:
+            raise Unauthorized(f"forwarded call refused: {exc}") from None
+        digest = headers.get(DIGEST_HEADER.decode(), "")
+        if digest != pool.digest:
+            runs = pool.digest[:12] or "a local manifest"
+            raise Refused(
+                Conflict(f"this node runs {pool.name} {runs}, not {digest[:12] or '?'}"),
+                "digest",
+            )
 
     async def _respond(
-        self,
-        send: Send,
-        name: str,
-        call_id: str,
-        started: float,
-        status: int,
-        headers: Headers,
-        body: bytes,
+        self, send: Send, name: str, route: Route, status: int, headers: Headers, body: bytes
     ) -> None:
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - route.started
         headers.append((b"content-length", b"%d" % len(body)))
-        headers.append((b"x-call-id", call_id.encode()))
-        headers.append(_SERVED_LOCAL)
+        headers.append((b"x-call-id", route.call_id.encode()))
+        headers.append((b"x-served-by", route.served_by.encode()))
         headers.append((b"x-duration-seconds", b"%.6f" % elapsed))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self._record(name, call_id, started, status)
+        self._record(name, route, status)
 
-    def _record(self, name: str, call_id: str, started: float, status: int) -> None:
-        elapsed = time.perf_counter() - started
+    def _record(self, name: str, route: Route, status: int) -> None:
+        elapsed = time.perf_counter() - route.started
+        reason = route.reason or ("error" if status >= 400 else "")
         if name in self.pools:
             self.metrics.observe_call(name, status, elapsed)
+            if reason:
+                refused = status in (429, 503) and route.served_by == "local"
+                self.metrics.observe_route(name, "none" if refused else route.served_by, reason)
         if self.call_log is not None:
-            self.call_log.record(name, status, elapsed, "local", call_id)
+            self.call_log.record(name, status, elapsed, route.served_by, route.call_id, reason)
 
-    def _read_headers(self, headers: list[tuple[bytes, bytes]]) -> tuple[str, int]:
+    def _read_headers(
+        self, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[str, int, float | None, bool]:
+        """Call id, Content-Length, deadline (seconds) and whether another node forwarded
+        the call."""
         call_id = ""
         length = 0
+        deadline_s = None
+        forwarded = False
         for key, value in headers:
             if key == b"content-length":
                 length = _content_length(value)
@@ -153,7 +230,11 @@ class Invoker:
                 call_id = value.decode("latin-1")
                 if not _CALL_ID.fullmatch(call_id):
                     raise BadRequest("X-Call-Id: expected 1–64 characters from A–Z a–z 0–9 . _ : -")
-        return call_id, length
+            elif key == b"x-deadline-ms":
+                deadline_s = _deadline_s(value)
+            elif key == HOP_HEADER:
+                forwarded = True
+        return call_id, length, deadline_s, forwarded
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole body, refused with 413 as soon as it passes the limit."""
@@ -184,8 +265,52 @@ class Invoker:
         return f"request body of {amount} bytes exceeds this node's limit of {self.max_body} bytes"
 
 
+class Route:
+    """What the gateway knows of one call as it goes: its id, when it started, where it
+    was served and why (the router's reason)."""
+
+    __slots__ = ("call_id", "reason", "served_by", "started")
+
+    def __init__(self, call_id: str, started: float) -> None:
+        self.call_id = call_id
+        self.started = started
+        self.served_by = "local"
+        self.reason = ""
+
+
 class ClientGone(Exception):
     """The client disconnected before it sent the whole body."""
+
+
+class Refused(Exception):
+    """A forwarded call this node does not serve: answered with ``failure`` and an
+    ``X-Edgefaas-Refused: reason`` header, which tells the sending node that the call did not
+    run and may go elsewhere."""
+
+    def __init__(self, failure: GatewayError | RuntimeFailure, reason: str) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.reason = reason
+
+
+def _refused_if(forwarded: bool, error: GatewayError) -> Exception:
+    return Refused(error, error.code) if forwarded else error
+
+
+def _raw_target(scope: Scope) -> bytes:
+    """The request's path and query as the client sent them (what a forwarded call signs)."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope["query_string"]
+    return raw + b"?" + query if query else raw
+
+
+def _deadline_s(value: bytes) -> float:
+    if not (value.isdigit() and len(value) <= 7) or not 1 <= int(value) <= MAX_DEADLINE_MS:
+        raise BadRequest(
+            f"X-Deadline-Ms: expected a whole number of milliseconds from 1 to "
+            f"{MAX_DEADLINE_MS}, got {value.decode('latin-1')[:20]!r}"
+        )
+    return int(value) / 1000
 
 
 def _content_length(value: bytes) -> int:

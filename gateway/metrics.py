@@ -2,8 +2,9 @@
 
 OpenFaaS-compatible names where OpenFaaS has the same thing
 (``gateway_function_invocation_total{function_name,code}``, ``gateway_functions_seconds``,
-``gateway_service_count``), plus pool gauges read at scrape time and histograms of worker
-spawn and cold-start times.
+``gateway_service_count``), plus pool gauges read at scrape time, histograms of worker
+spawn and cold-start times, and where calls were served (``edgefaas_invocations_total``,
+``edgefaas_forward_added_seconds``).
 """
 
 from __future__ import annotations
@@ -100,7 +101,21 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._routes = Counter(
+            "edgefaas_invocations",
+            "Calls by function, where they were served (local, peer:NODE, cloud, none) and why.",
+            ["function", "served_by", "reason"],
+            registry=self.registry,
+        )
+        self._forward = Histogram(
+            "edgefaas_forward_added_seconds",
+            "Time a forwarded call spent beyond what the serving node took, by tier.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._route_children: dict[tuple[str, str, str], Any] = {}
 
     def watch_pools(self, snapshot: Snapshot) -> None:
         self.registry.register(PoolCollector(snapshot))
@@ -115,6 +130,16 @@ class Metrics:
             self._children[(function, status)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_route(self, function: str, served_by: str, reason: str) -> None:
+        key = (function, served_by, reason)
+        child = self._route_children.get(key)
+        if child is None:
+            child = self._route_children[key] = self._routes.labels(*key)
+        child.inc()
+
+    def observe_forward(self, tier: str, seconds: float) -> None:
+        self._forward.labels(tier).observe(seconds)
 
     def worker_spawned(self, function: str, seconds: float) -> None:
         self._spawn.labels(function).observe(seconds)

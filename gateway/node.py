@@ -20,6 +20,8 @@ from gateway.calllog import CallLog
 from gateway.invoke import CallIds
 from gateway.mesh import MeshAgent, load_or_create_secret, load_or_create_signing_key
 from gateway.metrics import Metrics
+from gateway.peers import PeerView
+from gateway.router import Router
 from gateway.settings import Settings
 from registry.redis_server import mask_password
 from registry.signing import TrustedKeys
@@ -39,7 +41,18 @@ class Node:
         self.data_dir = settings.resolved_data_dir()
         self.url = settings.advertise or _own_url(settings.host, settings.port)
         self.metrics = Metrics()
-        self.supervisor = Supervisor(observer=self.metrics)
+        cloud = settings.role == "cloud"
+        self.supervisor = Supervisor(
+            observer=self.metrics, pool_factor=settings.cloud_pool_factor if cloud else 1
+        )
+        self.router = Router(
+            self.name,
+            settings.role,
+            PeerView(self.name, self._live_records),
+            self.metrics,
+            cloud_url=settings.cloud_url,
+            cloud_timeout_s=settings.cloud_timeout_s,
+        )
         self.metrics.watch_pools(self.supervisor.snapshot)
         self.call_ids = CallIds()
         self.call_log = CallLog() if settings.call_log else None
@@ -73,7 +86,9 @@ class Node:
             self.call_log.start()
         await self.supervisor.start()
         self._mesh = self._mesh_agent()
+        self.router.mesh_key = self._mesh.mesh_key
         await self._mesh.start(self.manifest, self.record)
+        self.router.start()
 
     async def now_serving(self) -> None:
         """The server listens: peers may fetch bundles from this node from now on."""
@@ -87,8 +102,12 @@ class Node:
             self._closed = True
             await self._mesh.close()
         await self.supervisor.close(force=force)
+        await self.router.close()
         if self.call_log is not None:
             await self.call_log.close()
+
+    async def _live_records(self) -> list[dict[str, Any]]:
+        return await self.mesh.live_nodes()
 
     def record(self) -> dict[str, Any]:
         """This node as the mesh sees it (its heartbeat record)."""

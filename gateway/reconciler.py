@@ -133,6 +133,7 @@ class Reconciler:
                 "version": running.entry.version,
                 "state": pool["state"],
                 "workers": pool["workers"],
+                "slots": pool["slots"],
                 "in_flight": pool["in_flight"],
                 "queue_depth": pool["queue_depth"],
             }
@@ -278,7 +279,7 @@ class Reconciler:
             raise RegistryError(
                 f"bundle {entry.digest[:12]} holds function {spec.name!r}, not {entry.name!r}"
             )
-        pool = await self.supervisor.launch(spec)
+        pool = await self.supervisor.launch(spec, entry.digest)
         try:
             return pool, await _until_warm(pool)
         except BaseException:

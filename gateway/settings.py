@@ -73,6 +73,19 @@ class Settings:
     )
     role: str = setting("edge", "edge or cloud", UP)
     advertise: str = setting("", "URL peers reach this node at (default: http://HOST:PORT)", UP)
+    cloud_url: str = setting(
+        "",
+        "gateway that takes calls when this node and its peers are saturated (default: the "
+        "mesh's --role cloud node, if any)",
+        UP,
+        flag_name="--cloud",
+    )
+    cloud_timeout_s: float = setting(
+        0.5, "connect timeout to the cloud; one failure opens its circuit breaker", UP
+    )
+    cloud_pool_factor: int = setting(
+        4, "on a --role cloud node: every pool's max and queue_max times this", UP
+    )
     key_prefix: str = setting("edgefaas", "prefix of the mesh's Redis keys", UP)
     signing_key: Path | None = setting(
         None,
@@ -220,6 +233,12 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "role": (lambda v: v in ("edge", "cloud"), "expected edge or cloud"),
     "redis_url": (_url_ok, _URL_EXPECTED),
     "advertise": (_url_ok, _URL_EXPECTED),
+    "cloud_url": (
+        lambda v: not v or bool(re.fullmatch(r"https?://\S+", v)),
+        "expected an http:// or https:// URL",
+    ),
+    "cloud_timeout_s": (lambda v: 0 < v <= 60, "expected seconds > 0 and ≤ 60"),
+    "cloud_pool_factor": (lambda v: 1 <= v <= 100, "expected an integer from 1 to 100"),
     "gateway": (_url_ok, _URL_EXPECTED),
     "node": (
         lambda v: bool(_NODE_NAME.fullmatch(v)),

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from registry.errors import MeshError
 from registry.keys import Keys, text
 
-HEARTBEAT_S = 0.5
+HEARTBEAT_S = 0.25  # also how fresh the load that peers route by is
 NODE_TTL_S = 2.5  # well inside the 3 s within which a dead node must drop out
 # Delete a node's record only if it is still this instance's (a node refused for a name
 # already in use must not remove the live node that uses it).

@@ -129,6 +129,17 @@ class Dispatcher:
             self.release(free)
         return calls[:1]
 
+    def oldest_running_s(self) -> float:
+        """How long the longest-running call has been running (0 when none runs)."""
+        oldest = now = time.perf_counter()
+        for link in self.links.values():
+            if link.calls:
+                if self.concurrency == 1:
+                    oldest = min(oldest, link.head_started_at)
+                else:
+                    oldest = min(oldest, *(c.dispatched_at for c in link.calls.values()))
+        return now - oldest
+
     def overdue(self, hard_timeout_s: float) -> list[tuple[WorkerLink, Call]]:
         """Running calls that started more than ``hard_timeout_s`` ago, on workers not
         already being killed."""

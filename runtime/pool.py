@@ -48,9 +48,12 @@ class PoolObserver(Protocol):
 class WarmPool:
     """The warm workers of one function. Create it inside a running event loop."""
 
-    def __init__(self, spec: FunctionSpec, observer: PoolObserver | None = None) -> None:
+    def __init__(
+        self, spec: FunctionSpec, observer: PoolObserver | None = None, digest: str = ""
+    ) -> None:
         self.spec = spec
         self.name = spec.name
+        self.digest = digest  # of the bundle it runs ("" when started from a manifest)
         self.observer = observer
         self.min = spec.pool.min
         self.max = spec.pool.max
@@ -194,9 +197,10 @@ class WarmPool:
 
     # ---------------------------------------------------------------- calls
 
-    def admit(self) -> Admission:
+    def admit(self, max_wait_s: float | None = None) -> Admission:
         """Decide whether a call can be served here, and how long it would wait (counts
-        the refusals as ``saturated``)."""
+        the refusals as ``saturated``). ``max_wait_s`` tightens the pool's own limit on the
+        expected wait (``max_queue_wait_ms``) for this call."""
         if self.dispatch.free:
             return FREE
         state = self.state
@@ -208,7 +212,11 @@ class WarmPool:
             self.name,
             queued=len(self.dispatch.queue),
             queue_max=self.spec.pool.queue_max,
-            max_wait_s=self.dispatch.max_wait_s,
+            max_wait_s=(
+                self.dispatch.max_wait_s
+                if max_wait_s is None
+                else min(max_wait_s, self.dispatch.max_wait_s)
+            ),
             wait_s=self.estimate_wait_s(),
         )
         if not admission.admitted:
@@ -217,9 +225,11 @@ class WarmPool:
 
     def estimate_wait_s(self) -> float:
         """Expected wait for a worker slot: queue depth × recent service time ÷ slots, plus
-        a fork when no worker is serving yet."""
+        a fork when no worker is serving yet. The service time is the recent average, or
+        the age of the oldest running call when that is longer: a burst of calls slower
+        than any before must not all be queued here before the first of them finishes."""
         slots = self.serving_count() * self.concurrency
-        service_s = self.stats.service_s
+        service_s = max(self.stats.service_s, self.dispatch.oldest_running_s())
         queued = len(self.dispatch.queue)
         if slots == 0:
             return self.stats.spawn_p50_s() + queued * service_s
@@ -494,6 +504,7 @@ class WarmPool:
             "workers": states,
             "worker_pids": sorted(w.pid for w in self.workers.values() if w.pid),
             "zygote_pid": self.zygote.pid if self.zygote else None,
+            "slots": self.max * self.concurrency,
             "in_flight": sum(len(w.calls) for w in self.workers.values()),
             "queue_depth": len(self.dispatch.queue),
             "counters": self.stats.to_dict(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -29,10 +30,16 @@ class Supervisor:
     """All pools of one node. Use as ``async with Supervisor(specs) as supervisor:``."""
 
     def __init__(
-        self, specs: Iterable[FunctionSpec] = (), observer: PoolObserver | None = None
+        self,
+        specs: Iterable[FunctionSpec] = (),
+        observer: PoolObserver | None = None,
+        pool_factor: int = 1,
     ) -> None:
+        """``pool_factor`` multiplies every pool's ``max`` and ``queue_max`` (a cloud node
+        runs larger pools than the manifest's edge sizes)."""
         self._specs = list(specs)
         self._observer = observer
+        self.pool_factor = pool_factor
         self.pools: dict[str, WarmPool] = {}  # the routed pool of each function
         self.triggers: dict[str, Trigger] = {}  # trigger path → function (updated in place)
         self._all: set[WarmPool] = set()  # routed, warming and draining pools
@@ -55,9 +62,19 @@ class Supervisor:
         for pool in pools:
             self.route(pool)
 
-    async def launch(self, spec: FunctionSpec) -> WarmPool:
-        """Start a pool for ``spec`` without routing calls to it."""
-        pool = WarmPool(spec, self._observer)
+    async def launch(self, spec: FunctionSpec, digest: str = "") -> WarmPool:
+        """Start a pool for ``spec`` (from the bundle ``digest``) without routing calls to it."""
+        if self.pool_factor != 1:
+            sizes = spec.pool
+            spec = dataclasses.replace(
+                spec,
+                pool=dataclasses.replace(
+                    sizes,
+                    max=sizes.max * self.pool_factor,
+                    queue_max=sizes.queue_max * self.pool_factor,
+                ),
+            )
+        pool = WarmPool(spec, self._observer, digest)
         self._all.add(pool)
         await pool.start()
         return pool

@@ -199,8 +199,8 @@ def test_declared_has_one_row_per_field_with_its_env_var_and_flag() -> None:
         assert set(row.commands) <= set(UP + CLIENT)
         if row.name in ("admin_token", "mesh_key"):  # secrets: environment only
             assert row.flag is None
-        elif row.name == "redis_url":  # EDGEFAAS_REDIS_URL, but the flag is --redis
-            assert row.flag == "--redis"
+        elif row.name in ("redis_url", "cloud_url"):  # EDGEFAAS_REDIS_URL, flag --redis
+            assert row.flag == "--" + row.name.removesuffix("_url")
         else:
             assert row.flag == "--" + row.name.replace("_", "-")
     assert len({row.env for row in rows}) == len(rows)

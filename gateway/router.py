@@ -1,0 +1,326 @@
+"""Where a call is served: here, on a peer, in the cloud — or nowhere (429). The one decision
+point of every call.
+
+1. **Here** if a worker is free, or if the expected wait (queue depth × recent service time ÷
+   slots, :meth:`runtime.pool.WarmPool.estimate_wait_s`) fits the call's budget. The budget
+   is the function's ``spill.max_local_wait_ms`` when it has somewhere else to go; when it
+   has nowhere (pinned with ``spill.to: []``, no peer runs it and no cloud is set, or this
+   node is the cloud) calls queue here up to ``pool.max_queue_wait_ms``, as on a lone node.
+   ``X-Deadline-Ms`` tightens either.
+2. Else a **peer** that runs the same digest and reports a free slot (:mod:`gateway.peers`).
+3. Else the **cloud**: an edgefaas node with ``--role cloud`` running the same digest, or a
+   foreign gateway for functions marked ``spill.cloud_compatible``; behind a circuit breaker.
+4. Else **429** with ``Retry-After``.
+
+A forwarded call goes at most one hop. It carries ``X-Edgefaas-Hop`` and is signed with the
+mesh key; the node that receives it serves it or refuses it at once (``X-Edgefaas-Refused``)
+and never sends it on — not even to the cloud. The node that took the call from the client
+owns its route: on a refusal it tries the next tier itself, so one node's log line and
+metrics tell where every call went and why, and only that node's breaker decides whether
+the cloud is tried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from gateway.breaker import CircuitBreaker
+from gateway.errors import Headers
+from gateway.forward import DIGEST_HEADER, HOP_HEADER, Forwarder, NotRun, forward_headers
+from gateway.metrics import Metrics
+from gateway.peers import PeerView
+from registry.meshauth import sign_call
+from runtime.admission import Admission, Verdict
+from runtime.defaults import KILL_GRACE_S
+from runtime.errors import Overloaded, RuntimeFailure
+from runtime.pool import WarmPool
+
+log = logging.getLogger("edgefaas.gateway")
+
+PEER_CONNECT_S = 0.5  # peers are on the site's network
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A call as it may be sent on: what the client sent, and its deadline (if any)."""
+
+    name: str
+    method: str
+    raw_path: bytes  # with the query string
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    call_id: str
+    started: float  # perf_counter
+    deadline_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A call answered by another node."""
+
+    status: int
+    headers: Headers
+    body: bytes
+    served_by: str
+
+
+class Router:
+    """Routing for one node; its background parts start with :meth:`start`."""
+
+    def __init__(
+        self,
+        node: str,
+        role: str,
+        view: PeerView,
+        metrics: Metrics,
+        mesh_key: bytes = b"",
+        cloud_url: str = "",
+        cloud_timeout_s: float = 0.5,
+    ) -> None:
+        self.node = node
+        self.role = role
+        self.view = view
+        self.metrics = metrics
+        self.mesh_key = mesh_key
+        self.cloud_url = cloud_url.rstrip("/")
+        self.cloud_timeout_s = cloud_timeout_s
+        self.forwarder = Forwarder()
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    def start(self) -> None:
+        self.view.start()
+
+    async def close(self) -> None:
+        await self.view.close()
+        for breaker in self.breakers.values():
+            await breaker.close()
+        await self.forwarder.close()
+
+    # ------------------------------------------------------------------ the local decision
+
+    def admit(
+        self, pool: WarmPool, deadline_s: float | None, forwarded: bool = False
+    ) -> tuple[Admission, str]:
+        """Whether ``pool`` takes the call, and why (a metrics reason)."""
+        admission = pool.admit(self._budget(pool, deadline_s, forwarded))
+        verdict = admission.verdict
+        if admission.admitted:
+            return admission, verdict.value
+        if verdict is Verdict.UNAVAILABLE:
+            return admission, "unavailable"
+        if deadline_s is not None and verdict is Verdict.WAIT_TOO_LONG:
+            without = self._budget(pool, None, forwarded)
+            if admission.wait_s <= (pool.dispatch.max_wait_s if without is None else without):
+                return admission, "deadline"
+        return admission, "saturated"
+
+    def _budget(self, pool: WarmPool, deadline_s: float | None, forwarded: bool) -> float | None:
+        """The longest expected wait the call may take here (None: the pool's own limit)."""
+        if pool.dispatch.free:
+            return None  # a worker is free: nothing to wait for
+        spill = pool.spec.spill
+        if self.role == "cloud":
+            base = None
+        elif forwarded:
+            base = spill.max_local_wait_ms / 1000
+        elif spill.pinned or not self._can_spill(pool):
+            base = None
+        else:
+            base = spill.max_local_wait_ms / 1000
+        if deadline_s is None:
+            return base
+        return deadline_s if base is None else min(base, deadline_s)
+
+    def _can_spill(self, pool: WarmPool) -> bool:
+        to = pool.spec.spill.to
+        return ("peers" in to and self.view.has_peer(pool.name, pool.digest)) or (
+            "cloud" in to and self._cloud(pool) is not None
+        )
+
+    # ------------------------------------------------------------------ elsewhere
+
+    async def spill(
+        self, pool: WarmPool, admission: Admission, reason: str, call: Outgoing
+    ) -> Served:
+        """Serve a call ``pool`` refused on a peer or in the cloud, or raise the error the
+        caller gets (429, or the pool's own 503 when it cannot start)."""
+        spill = pool.spec.spill
+        if self.role == "cloud" or spill.pinned:
+            raise self._refusal(admission, "pinned" if spill.pinned else reason, [])
+        notes: list[str] = []
+        if "peers" in spill.to:
+            served = await self._try_peer(pool, call, notes)
+            if served is not None:
+                return served
+        cloud_down = False
+        if "cloud" in spill.to:
+            served, cloud_down = await self._try_cloud(pool, call, notes)
+            if served is not None:
+                return served
+        raise self._refusal(admission, "cloud_down" if cloud_down else reason, notes)
+
+    async def _try_peer(self, pool: WarmPool, call: Outgoing, notes: list[str]) -> Served | None:
+        peer = self.view.choose(pool.name, pool.digest)
+        if peer is None:
+            notes.append("no peer has a free worker")
+            return None
+        try:
+            return await self._to_peer(pool, call, peer.name, peer.url)
+        except NotRun as exc:
+            if not exc.refused:
+                self.view.mark_down(peer.name)
+            notes.append(exc.message)
+            return None
+
+    async def _try_cloud(
+        self, pool: WarmPool, call: Outgoing, notes: list[str]
+    ) -> tuple[Served | None, bool]:
+        """The cloud's answer (or None), and whether the cloud is down."""
+        target = self._cloud(pool)
+        if target is None:
+            notes.append(self._no_cloud())
+            return None, False
+        url, member = target
+        breaker = self._breaker(url)
+        if not breaker.closed:
+            notes.append(f"the cloud is unreachable ({breaker.reason})")
+            return None, True
+        try:
+            return await self._to_cloud(pool, call, url, member), False
+        except NotRun as exc:
+            notes.append(exc.message)
+            if exc.refused:
+                return None, False
+            breaker.trip(exc.message)
+            return None, True
+
+    async def _to_peer(self, pool: WarmPool, call: Outgoing, peer: str, url: str) -> Served:
+        self.view.sent(peer, pool.name)
+        headers = self._mesh_headers(pool, call, peer)
+        answer = await self._send(f"peer {peer}", url, call, headers, PEER_CONNECT_S, pool)
+        return self._served(answer, f"peer:{peer}", "peer", call)
+
+    async def _to_cloud(
+        self, pool: WarmPool, call: Outgoing, url: str, member: str | None
+    ) -> Served:
+        if member is not None:
+            headers = self._mesh_headers(pool, call, member)
+        else:  # a foreign gateway knows /function/NAME only, not this mesh's trigger paths
+            headers = self._plain_headers(call)
+            call = dataclasses.replace(call, raw_path=_function_path(call))
+        answer = await self._send("the cloud", url, call, headers, self.cloud_timeout_s, pool)
+        return self._served(answer, "cloud", "cloud", call)
+
+    async def _send(
+        self,
+        target: str,
+        url: str,
+        call: Outgoing,
+        headers: Headers,
+        connect_s: float,
+        pool: WarmPool,
+    ) -> tuple[float, int, Headers, bytes, float | None]:
+        started = time.perf_counter()
+        answer_s = pool.spec.timeout_s + KILL_GRACE_S + pool.dispatch.max_wait_s + 1.0
+        answer = await self.forwarder.send(
+            target,
+            url,
+            call.method,
+            call.raw_path,
+            headers,
+            call.body,
+            connect_s=connect_s,
+            answer_s=answer_s,
+        )
+        elapsed = time.perf_counter() - started
+        return elapsed, answer.status, answer.headers, answer.body, answer.remote_s
+
+    def _served(
+        self,
+        answer: tuple[float, int, Headers, bytes, float | None],
+        served_by: str,
+        tier: str,
+        call: Outgoing,
+    ) -> Served:
+        elapsed, status, headers, body, remote_s = answer
+        added = elapsed - remote_s if remote_s is not None else elapsed
+        self.metrics.observe_forward(tier, max(0.0, added))
+        return Served(status, headers, body, served_by)
+
+    def _mesh_headers(self, pool: WarmPool, call: Outgoing, to: str) -> Headers:
+        headers = self._plain_headers(call)
+        headers.append((HOP_HEADER, self.node.encode()))
+        headers.append((DIGEST_HEADER, pool.digest.encode()))
+        signed = sign_call(
+            self.mesh_key, self.node, call.method, call.raw_path.decode("latin-1"), to, call.body
+        )
+        headers.extend((k.encode(), v.encode()) for k, v in signed.items())
+        return headers
+
+    def _plain_headers(self, call: Outgoing) -> Headers:
+        headers = forward_headers(call.headers)
+        headers.append((b"x-call-id", call.call_id.encode()))
+        if call.deadline_s is not None:
+            left_ms = call.deadline_s * 1000 - (time.perf_counter() - call.started) * 1000
+            headers.append((b"x-deadline-ms", b"%d" % max(1, math.floor(left_ms))))
+        return headers
+
+    # ------------------------------------------------------------------ the cloud
+
+    def _cloud(self, pool: WarmPool) -> tuple[str, str | None] | None:
+        """Where this function's calls may go in the cloud: the URL, and the node's name
+        when the cloud is an edgefaas node of the mesh (it must run the same digest)."""
+        if "cloud" not in pool.spec.spill.to or self.role == "cloud":
+            return None
+        member = self.view.cloud(self.cloud_url)
+        if member is not None:
+            return (member.url, member.name) if member.runs(pool.name, pool.digest) else None
+        if self.cloud_url and pool.spec.spill.cloud_compatible:
+            return self.cloud_url, None
+        return None
+
+    def _no_cloud(self) -> str:
+        member = self.view.cloud(self.cloud_url)
+        if member is not None:
+            return f"the cloud node {member.name} does not run this version"
+        if self.cloud_url:
+            return "the cloud is not an edgefaas node and the function is not cloud_compatible"
+        return "no cloud is set"
+
+    def _breaker(self, url: str) -> CircuitBreaker:
+        breaker = self.breakers.get(url)
+        if breaker is None:
+
+            async def probe() -> bool:
+                reply = await self.forwarder.client.get(
+                    f"{url}/healthz", timeout=httpx.Timeout(self.cloud_timeout_s + 1.0)
+                )
+                return reply.status_code == 200
+
+            breaker = CircuitBreaker(f"the cloud at {url}", probe)
+            self.breakers[url] = breaker
+        return breaker
+
+    def _refusal(self, admission: Admission, reason: str, notes: list[str]) -> RuntimeFailure:
+        failure = admission.failure()
+        if not isinstance(failure, Overloaded):
+            return failure  # the function cannot start here: its own 503
+        message = failure.message
+        if reason == "pinned":
+            message += " (it is pinned to this node: spill.to is [])"
+        elif notes:
+            message += "; " + "; ".join(notes)
+        return Overloaded(message, failure.retry_after_s, reason)
+
+
+def _function_path(call: Outgoing) -> bytes:
+    raw = call.raw_path
+    if raw.startswith(b"/function/"):
+        return raw
+    return b"/function/" + call.name.encode() + raw

@@ -3,7 +3,8 @@
 One embedded Redis, one signing key and one mesh key shared by every node, N edge nodes on
 consecutive loopback ports (the first publishes the manifest) and, with ``--cloud``, a node
 with the cloud role after them. Ctrl-C or SIGTERM stops the nodes (each drains) and then
-Redis; the nodes also die if this process is killed.
+Redis; the nodes also die if this process is killed. A node that exits (or is killed, to
+watch the others carry on) is reported, and the mesh runs on until every node is gone.
 """
 
 from __future__ import annotations
@@ -74,10 +75,15 @@ def run_local_mesh(
             )
         _wait_until_up(members, stop)
         _print_summary(members, url, data_dir, out)
-        while not stop() and all(m.process.poll() is None for m in members):
+        gone: set[str] = set()
+        while not stop() and len(gone) < len(members):
+            for member in members:  # a node that dies (or is killed, to watch the mesh
+                status = member.process.poll()  # carry on without it) is reported once
+                if status is not None and member.name not in gone:
+                    gone.add(member.name)
+                    print(f"node {member.name} exited with status {status}", file=out, flush=True)
             time.sleep(0.2)
-        failed = [m.name for m in members if m.process.poll() not in (None, 0)]
-        return 1 if failed and not stop() else 0
+        return 1 if len(gone) == len(members) and not stop() else 0
     finally:
         _stop_members(members)
         redis.stop()
@@ -170,9 +176,9 @@ def _print_summary(
 ) -> None:
     lines = [
         f"local mesh: {len(members)} node(s), Redis {redis_url}",
-        f"{'NODE':<10} {'ROLE':<6} URL",
+        f"{'NODE':<10} {'ROLE':<6} {'PID':<8} URL",
     ]
-    lines += [f"{m.name:<10} {m.role:<6} {m.url}" for m in members]
+    lines += [f"{m.name:<10} {m.role:<6} {m.process.pid:<8} {m.url}" for m in members]
     lines += [
         f"admin token: {data_dir / 'admin-token'} (export EDGEFAAS_ADMIN_TOKEN=$(cat ...))",
         f"logs: {data_dir}/<node>.log — Ctrl-C stops the mesh",

@@ -66,6 +66,7 @@ class PeerView:
         self._members = members
         self.peers: dict[str, Member] = {}
         self.clouds: dict[str, Member] = {}  # by name, sorted
+        self.seen_clouds: dict[str, str] = {}  # URL → name of every cloud node seen live
         self.refreshed_at = 0.0
         self._sent: dict[tuple[str, str], int] = {}
         self._down: dict[str, float] = {}
@@ -122,6 +123,16 @@ class PeerView:
                 return member
         return None
 
+    def cloud_gone(self, url: str = "") -> str | None:
+        """The name of a cloud node seen live before (at ``url``, or any when empty) that
+        is no longer in the mesh — stopped, or cut off — or None."""
+        if self.cloud(url) is not None:
+            return None
+        for seen_url, name in self.seen_clouds.items():
+            if not url or seen_url == url:
+                return name
+        return None
+
     # ------------------------------------------------------------------------ accounting
 
     def sent(self, peer: str, function: str) -> None:
@@ -147,6 +158,7 @@ class PeerView:
             (clouds if member.role == "cloud" else peers)[member.name] = member
         self.peers = peers
         self.clouds = dict(sorted(clouds.items()))
+        self.seen_clouds.update({m.url: m.name for m in self.clouds.values()})
         self._sent.clear()
         self.refreshed_at = time.monotonic()
 

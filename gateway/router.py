@@ -140,7 +140,9 @@ class Router:
     def _can_spill(self, pool: WarmPool) -> bool:
         to = pool.spec.spill.to
         return ("peers" in to and self.view.has_peer(pool.name, pool.digest)) or (
-            "cloud" in to and self._cloud(pool) is not None
+            "cloud" in to
+            and self.role != "cloud"
+            and (self._cloud(pool) is not None or self.view.cloud_gone(self.cloud_url) is not None)
         )
 
     # ------------------------------------------------------------------ elsewhere
@@ -184,6 +186,10 @@ class Router:
         """The cloud's answer (or None), and whether the cloud is down."""
         target = self._cloud(pool)
         if target is None:
+            gone = self.view.cloud_gone(self.cloud_url)
+            if gone is not None:
+                notes.append(f"the cloud node {gone} has left the mesh")
+                return None, True
             notes.append(self._no_cloud())
             return None, False
         url, member = target
@@ -286,6 +292,7 @@ class Router:
         return None
 
     def _no_cloud(self) -> str:
+        """Why no cloud takes this call (when none is down)."""
         member = self.view.cloud(self.cloud_url)
         if member is not None:
             return f"the cloud node {member.name} does not run this version"

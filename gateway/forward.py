@@ -126,12 +126,17 @@ class Forwarder:
     ) -> Forwarded:
         """Send the call; ``target`` names it in errors ("peer edge-2", "the cloud").
         ``connect_s`` bounds getting a connection, ``answer_s`` the wait for the answer."""
-        request = self.client.build_request(
+        # Built by hand, not with build_request: only what the client sent goes on — no
+        # Accept-Encoding or User-Agent of the client library (bodies pass through as they
+        # are, never decoded on the way).
+        request = httpx.Request(
             method,
             httpx.URL(base_url).copy_with(raw_path=raw_path),
             headers=headers,
             content=body,
-            timeout=httpx.Timeout(answer_s, connect=connect_s, pool=connect_s),
+            extensions={
+                "timeout": httpx.Timeout(answer_s, connect=connect_s, pool=connect_s).as_dict()
+            },
         )
         try:
             response = await self.client.send(request, stream=True)
@@ -179,7 +184,7 @@ def _answer(target: str, response: httpx.Response, data: bytes) -> Forwarded:
 async def _read_capped(response: httpx.Response, target: str) -> bytes:
     chunks = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
             raise UpstreamFailed(

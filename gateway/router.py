@@ -115,8 +115,9 @@ class Router:
         if verdict is Verdict.UNAVAILABLE:
             return admission, "unavailable"
         if deadline_s is not None and verdict is Verdict.WAIT_TOO_LONG:
+            limit = pool.dispatch.max_wait_s  # bounds max_local_wait_ms too (see WarmPool.admit)
             without = self._budget(pool, None, forwarded)
-            if admission.wait_s <= (pool.dispatch.max_wait_s if without is None else without):
+            if admission.wait_s <= (limit if without is None else min(without, limit)):
                 return admission, "deadline"
         return admission, "saturated"
 

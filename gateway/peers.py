@@ -115,9 +115,8 @@ class PeerView:
 
     def cloud(self, url: str = "") -> Member | None:
         """The cloud node at ``url`` (or the first one, when ``url`` is empty), if it is a
-        live member of the mesh."""
-        if not self.fresh():
-            return None
+        live member of the mesh. While Redis is unreachable the last view holds: the cloud
+        may well be up (its circuit breaker finds out), and no version changes meanwhile."""
         for member in self.clouds.values():
             if not url or member.url.rstrip("/") == url:
                 return member
@@ -125,8 +124,9 @@ class PeerView:
 
     def cloud_gone(self, url: str = "") -> str | None:
         """The name of a cloud node seen live before (at ``url``, or any when empty) that
-        is no longer in the mesh — stopped, or cut off — or None."""
-        if self.cloud(url) is not None:
+        is no longer in the mesh — stopped, or cut off — or None (also when the view is
+        stale: then nobody knows)."""
+        if not self.fresh() or self.cloud(url) is not None:
             return None
         for seen_url, name in self.seen_clouds.items():
             if not url or seen_url == url:

@@ -182,7 +182,9 @@ def test_sent_calls_steer_the_next_choice_to_the_other_peer() -> None:
     assert set(choices(view, 50)) == {"edge-3"}
 
 
-def test_a_stale_view_offers_no_peer_and_no_cloud(clock: Clock) -> None:
+def test_a_stale_view_offers_no_peer_but_keeps_the_cloud(clock: Clock) -> None:
+    """Peers' load must be fresh; the cloud's record may not be (Redis down says nothing
+    of the cloud, its breaker does), and a stale view cannot tell that the cloud left."""
     view = view_of(record("edge-2"), record("cloud", role="cloud"))
     clock.now += STALE_S
     assert view.fresh() and view.choose("echo", DIGEST) is not None
@@ -190,9 +192,12 @@ def test_a_stale_view_offers_no_peer_and_no_cloud(clock: Clock) -> None:
     assert not view.fresh()
     assert view.choose("echo", DIGEST) is None
     assert not view.has_peer("echo", DIGEST)
-    assert view.cloud() is None
+    cloud = view.cloud()
+    assert cloud is not None and cloud.name == "cloud"
+    assert view.cloud_gone() is None
     view.update([record("edge-2")])
     assert view.choose("echo", DIGEST) is not None
+    assert view.cloud() is None and view.cloud_gone() == "cloud"
 
 
 def test_a_view_never_refreshed_is_stale() -> None:

@@ -36,6 +36,7 @@ check: $(VENV)/.dev
 bench: $(VENV)/.run
 	$(BIN)/python -m bench.invoke $(BENCH_ARGS)
 	$(BIN)/python -m bench.deploy
+	$(BIN)/python -m bench.spill
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -24,41 +24,32 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import random
 import re
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 
+from bench.mesh import START_TIMEOUT_S, local_mesh, machine, workdir
 from registry.bundle import build_bundle
 from registry.client import MeshClient, Rollout, rollout_state, ship
 from registry.errors import MeshError
 from registry.manifest import load_manifest
 from registry.signing import SigningKey
 
-REPO = Path(__file__).resolve().parent.parent
 FUNCTION = "blob"
 TARGET_S = 2.0
-START_TIMEOUT_S = 90.0
 ROLLOUT_TIMEOUT_S = 30.0
 LOG_WAIT_S = 3.0
 POLL_S = 0.02
-STOP_TIMEOUT_S = 45.0
 HANDLER = '''"""Answers with the version marker the benchmark changes every round."""
 
 VERSION = "{marker}"
@@ -104,130 +95,6 @@ class Round:
     total_s: float  # deploy until /system/nodes shows every node running the digest
     events: dict[str, NodeEvents] = field(default_factory=dict)
     answers: dict[str, str] = field(default_factory=dict)  # node → problem ("" when right)
-
-
-# -- the mesh ----------------------------------------------------------------------------------
-
-
-def consecutive_ports(count: int) -> int:
-    """A base port such that base .. base+count-1 are all free on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randint(20_000, 60_000 - count)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise SystemExit(f"no {count} consecutive free ports found on 127.0.0.1")
-
-
-def _node_logs(mesh_dir: Path, count: int) -> str:
-    return ", ".join(str(mesh_dir / f"edge-{i + 1}.log") for i in range(count))
-
-
-@contextmanager
-def local_mesh(workdir: Path, count: int) -> Iterator[tuple[list[str], Path]]:
-    """``edgefaas mesh up`` with ``count`` nodes; yields their URLs and the mesh's folder."""
-    mesh_dir = workdir / "mesh"
-    base = consecutive_ports(count)
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "mesh",
-        "up",
-        "--nodes",
-        str(count),
-        "--base-port",
-        str(base),
-        "--dir",
-        str(mesh_dir),
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFAAS_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    log = workdir / "mesh-up.log"
-    urls = [f"http://127.0.0.1:{base + i}" for i in range(count)]
-    with open(log, "wb") as out:
-        # cwd: the temporary folder, so that mesh up finds no functions.yaml to publish
-        proc = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        for index, url in enumerate(urls):
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(
-                        f"edgefaas mesh up exited ({proc.returncode}) before node "
-                        f"edge-{index + 1} was ready; see {log} and {_node_logs(mesh_dir, count)}"
-                    )
-                try:
-                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"node edge-{index + 1} ({url}) was not ready within "
-                        f"{START_TIMEOUT_S:g} s; see {log} and {_node_logs(mesh_dir, count)}"
-                    )
-                time.sleep(0.1)
-        yield urls, mesh_dir
-    finally:
-        _end_group(proc)
-        _end_leftovers(workdir)
-
-
-def _end_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the group (mesh up stops its nodes, then its Redis); SIGKILL if it lingers."""
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    with suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    while time.monotonic() < deadline:  # the nodes and their workers, after mesh up
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        print(f"the mesh did not stop within {STOP_TIMEOUT_S:g} s; killing it", file=sys.stderr)
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    if proc.poll() is None:
-        proc.wait(timeout=10)
-
-
-def _end_leftovers(workdir: Path) -> None:
-    """Processes still running from the temporary folder (e.g. the embedded redis-server,
-    which runs in a session of its own): end them by pid."""
-    mark = str(workdir).encode()
-    leftovers = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if mark in (entry / "cmdline").read_bytes():
-                leftovers.append(int(entry.name))
-        except OSError:
-            continue
-    for pid in leftovers:
-        print(f"process {pid} outlived the mesh; ending it", file=sys.stderr)
-        try:
-            os.kill(pid, signal.SIGTERM)
-            time.sleep(1)
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # -- the function and its deploys ---------------------------------------------------------------
@@ -435,18 +302,6 @@ def copy_once(url: str, size: int) -> float:
 # -- the report -----------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{date.today()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
-
-
 def _sources(r: Round, uploaded_to: str) -> str:
     parts = []
     for node, e in sorted(r.events.items()):
@@ -577,45 +432,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.nodes < 2 or args.size_mb < 0:
         parser.error("need --rounds ≥ 1, --nodes ≥ 2 and --size-mb ≥ 0")
-    workdir = Path(tempfile.mkdtemp(prefix="edgefaas-bench-deploy-"))
-    keep = True
-    try:
-        manifest = write_function(workdir, args.size_mb)
-        uploaded_to = "edge-1"
-        with local_mesh(workdir, args.nodes) as (urls, mesh_dir):
-            token = (mesh_dir / "admin-token").read_text().strip()
-            key = SigningKey.load(mesh_dir / "signing.key")
-            nonce = os.urandom(4).hex()
-            rounds: list[Round] = []
-            copies: list[float] = []
-            with MeshClient(urls[0], token, timeout_s=60) as client:
-                wait_for_members(client, args.nodes)
-                for index in range(args.rounds + 1):
-                    label = "warm-up (new)" if index == 0 else f"{index}"
-                    marker = f"v{index}-{nonce}"
-                    done = deploy(label, client, manifest, key, marker, args.nodes)
-                    done.answers = confirm(urls, marker)
-                    done.events = node_events(mesh_dir, args.nodes, done.digest, uploaded_to)
-                    print(
-                        f"deploy {label}: {done.total_s:.3f} s ({done.digest[:12]})",
-                        file=sys.stderr,
-                    )
-                    rounds.append(done)
-                    bundle = mesh_dir / uploaded_to / "bundles" / f"{done.digest}.bundle"
-                    data = bundle.read_bytes()
-                    with bytes_server(data) as url:
-                        copy_once(url, len(data))  # warm-up
-                        copies.append(copy_once(url, len(data)))
-        ok = report(rounds[1:], rounds[0], copies, args.nodes, uploaded_to)
-        keep = args.keep or not ok
-        return 0 if ok else 1
-    except MeshError as exc:
-        raise SystemExit(f"deploy failed: {exc}; logs in {workdir}") from None
-    finally:
-        if keep:
-            print(f"\nlogs and data kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with workdir("edgefaas-bench-deploy-") as work:
+        try:
+            manifest = write_function(work.path, args.size_mb)
+            uploaded_to = "edge-1"
+            with local_mesh(work.path, args.nodes) as mesh:
+                urls, mesh_dir, token = mesh.urls, mesh.dir, mesh.admin_token()
+                key = SigningKey.load(mesh_dir / "signing.key")
+                nonce = os.urandom(4).hex()
+                rounds: list[Round] = []
+                copies: list[float] = []
+                with MeshClient(urls[0], token, timeout_s=60) as client:
+                    wait_for_members(client, args.nodes)
+                    for index in range(args.rounds + 1):
+                        label = "warm-up (new)" if index == 0 else f"{index}"
+                        marker = f"v{index}-{nonce}"
+                        done = deploy(label, client, manifest, key, marker, args.nodes)
+                        done.answers = confirm(urls, marker)
+                        done.events = node_events(mesh_dir, args.nodes, done.digest, uploaded_to)
+                        print(
+                            f"deploy {label}: {done.total_s:.3f} s ({done.digest[:12]})",
+                            file=sys.stderr,
+                        )
+                        rounds.append(done)
+                        bundle = mesh_dir / uploaded_to / "bundles" / f"{done.digest}.bundle"
+                        data = bundle.read_bytes()
+                        with bytes_server(data) as url:
+                            copy_once(url, len(data))  # warm-up
+                            copies.append(copy_once(url, len(data)))
+            ok = report(rounds[1:], rounds[0], copies, args.nodes, uploaded_to)
+            work.keep = args.keep or not ok
+            return 0 if ok else 1
+        except MeshError as exc:
+            raise SystemExit(f"deploy failed: {exc}; logs in {work.path}") from None
 
 
 if __name__ == "__main__":

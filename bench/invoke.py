@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -21,11 +20,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
 from pathlib import Path
 
 import httpx
 
+from bench import mesh
 from bench.load import LoadResult, generator_name, run_load
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,18 +120,7 @@ def cold_starts(node_url: str) -> tuple[list[float], float | None]:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{date.today()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
-        f"load: {generator_name()}"
-    )
+    return f"{mesh.machine()}, load: {generator_name()}"
 
 
 def report(

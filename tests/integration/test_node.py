@@ -571,7 +571,8 @@ def test_full_queue_is_a_429_with_retry_after(start_node: StartNode, tmp_path: P
     refused = httpx.post(url + "?ms=1", timeout=30)
     message = assert_error(refused, 429, "overloaded", "saturated")
     assert "slow" in message
-    assert refused.json()["error"]["reason"] == "queue_full"
+    assert refused.json()["error"]["reason"] == "saturated"
+    assert "1 calls already wait for a worker" in message
     assert int(refused.headers["retry-after"]) >= 1
     assert_call_headers(refused)
 

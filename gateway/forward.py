@@ -53,13 +53,15 @@ _DROP_RESPONSE = frozenset(
         b"x-duration-seconds",
     }
 )
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 128  # httpcore checks every pooled connection per request
+KEEPALIVE_CONNECTIONS = 64
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 class NotRun(Exception):
-    """The target did not run the call; ``refused`` when it said so (e.g. saturated),
-    otherwise it could not be reached."""
+    """The target did not run the call; ``refused`` says why when it is not the target's
+    fault — the target's own reason (e.g. "saturated"), or "busy" when this node had no
+    free connection — and is empty when the target could not be reached."""
 
     def __init__(self, message: str, refused: str = "", retry_after_s: int = 1) -> None:
         super().__init__(message)
@@ -104,7 +106,7 @@ class Forwarder:
     def __init__(self) -> None:
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=KEEPALIVE_CONNECTIONS
             ),
             trust_env=False,
         )
@@ -140,7 +142,11 @@ class Forwarder:
         )
         try:
             response = await self.client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except httpx.PoolTimeout:  # this node's connections are all busy: not the target's fault
+            raise NotRun(
+                f"no connection to {target} came free within {connect_s:g} s", "busy"
+            ) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise NotRun(f"{target} could not be reached: {_describe(exc)}") from None
         except httpx.TimeoutException:
             raise _timed_out(target, answer_s) from None

@@ -43,6 +43,7 @@ PEER_WAIT_S = 2.0  # how long a later fetcher waits for an earlier one to hold t
 FETCHERS_TTL_S = 60
 RETRY_MAX_S = 5.0  # backoff ceiling while Redis is unreachable
 REDIS_TIMEOUT_S = 2.0
+CLOSE_WAIT_S = 3.0
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -97,6 +98,7 @@ class MeshAgent:
         self._generation = -1
         self._beating: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self.redis: Redis | None = None
         self.desired: DesiredState | None = None
         self.members: Membership | None = None
@@ -138,10 +140,17 @@ class MeshAgent:
         self._tasks = [self._spawn(self._heartbeat_loop()), self._spawn(self._watch_loop())]
 
     async def close(self) -> None:
-        for task in [*self._tasks, *([self._beating] if self._beating else [])]:
+        """Stop the loops, leave the mesh, close Redis. Bounded: a cancellation that a Redis
+        call's own timeout turns into a TimeoutError is caught by a loop, which then sees
+        ``_closing`` and ends."""
+        self._closing = True
+        tasks = [*self._tasks, *([self._beating] if self._beating else [])]
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
+            if stuck:
+                log.warning("%d mesh task(s) did not stop in %g s", len(stuck), CLOSE_WAIT_S)
         await self.reconciler.close()
         if self.members is not None:
             with contextlib.suppress(RedisError):
@@ -285,7 +294,7 @@ class MeshAgent:
             self._beating = self._spawn(self.beat())
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 await self._require_members().beat(self._record())
@@ -297,7 +306,7 @@ class MeshAgent:
 
     async def _watch_loop(self) -> None:
         delay = WATCH_S
-        while True:
+        while not self._closing:
             await asyncio.sleep(delay)
             try:
                 generation = await self._require_desired().generation()

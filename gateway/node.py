@@ -100,6 +100,7 @@ class Node:
         """Leave the mesh, then stop every pool (graceful unless ``force``)."""
         if self._mesh is not None and not self._closed:
             self._closed = True
+            await self.router.view.close()  # it reads the mesh's Redis
             await self._mesh.close()
         await self.supervisor.close(force=force)
         await self.router.close()

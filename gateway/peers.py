@@ -1,9 +1,11 @@
 """What this node knows of the other nodes' load, to send them calls it cannot serve itself.
 
 The view is rebuilt from the mesh's node records every ``REFRESH_S``; nodes heartbeat every
-``HEARTBEAT_S``, so the load a choice is based on is at most about half a second old. Between
-two refreshes the view adds the calls this node has sent to each peer since the last one, so
-that a burst does not pile onto a peer that still looks idle.
+``HEARTBEAT_S``, so the load a choice is based on is at most about half a second old. To a
+peer's reported load the view adds this node's calls to it that are still running and were
+sent after the peer wrote its record (the record's own time, so clocks should agree within a
+fraction of a second, as NTP keeps them): a burst does not pile onto a peer that still looks
+idle, and a peer that answers fast gets as many calls as it can take.
 
 A peer is chosen by power of two choices (Mitzenmacher; Ray Serve routes the same way): two
 random candidates among the peers that run the same digest and report a free slot, and the
@@ -14,7 +16,6 @@ same peer until the next refresh.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -31,6 +32,7 @@ log = logging.getLogger("edgefaas.gateway")
 REFRESH_S = 0.2
 STALE_S = 1.5  # a view older than this (Redis unreachable) offers no peer
 DOWN_S = 3.0  # a peer that refused a connection is not chosen again for this long
+CLOSE_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class Member:
     url: str
     role: str
     functions: dict[str, Load] = field(default_factory=dict)
+    reported_at: float = 0.0  # the record's time (the peer's clock), 0 if it gave none
 
     def runs(self, function: str, digest: str) -> bool:
         load = self.functions.get(function)
@@ -68,19 +71,22 @@ class PeerView:
         self.clouds: dict[str, Member] = {}  # by name, sorted
         self.seen_clouds: dict[str, str] = {}  # URL → name of every cloud node seen live
         self.refreshed_at = 0.0
-        self._sent: dict[tuple[str, str], int] = {}
+        self._running: dict[tuple[str, str], list[float]] = {}  # send times, by peer, function
         self._down: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         if self._members is not None and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def close(self) -> None:
+        """Stop refreshing. Bounded: a cancellation that a Redis call's own timeout turns
+        into a TimeoutError is caught by the loop, which then sees ``_closing``."""
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
             self._task = None
 
     # ------------------------------------------------------------------------ reading
@@ -135,10 +141,19 @@ class PeerView:
 
     # ------------------------------------------------------------------------ accounting
 
-    def sent(self, peer: str, function: str) -> None:
-        """A call was just sent to ``peer``: count it until the next refresh."""
-        key = (peer, function)
-        self._sent[key] = self._sent.get(key, 0) + 1
+    def sent(self, peer: str, function: str) -> float:
+        """A call is being sent to ``peer``: count it until :meth:`done` with the token
+        this returns."""
+        token = time.time()
+        self._running.setdefault((peer, function), []).append(token)
+        return token
+
+    def done(self, peer: str, function: str, token: float) -> None:
+        running = self._running.get((peer, function))
+        if running is not None:
+            running.remove(token)
+            if not running:
+                del self._running[(peer, function)]
 
     def mark_down(self, peer: str) -> None:
         """``peer`` refused a connection: do not choose it for ``DOWN_S`` (its record
@@ -159,7 +174,6 @@ class PeerView:
         self.peers = peers
         self.clouds = dict(sorted(clouds.items()))
         self.seen_clouds.update({m.url: m.name for m in self.clouds.values()})
-        self._sent.clear()
         self.refreshed_at = time.monotonic()
 
     def _spare(self, peer: Member, function: str) -> int:
@@ -167,7 +181,9 @@ class PeerView:
         return load.slots - self._used(peer, function)
 
     def _used(self, peer: Member, function: str) -> int:
-        return peer.functions[function].busy + self._sent.get((peer.name, function), 0)
+        since = peer.reported_at
+        unseen = sum(1 for t in self._running.get((peer.name, function), ()) if t > since)
+        return peer.functions[function].busy + unseen
 
     def _is_down(self, peer: str) -> bool:
         until = self._down.get(peer)
@@ -180,7 +196,7 @@ class PeerView:
 
     async def _refresh_forever(self) -> None:
         assert self._members is not None
-        while True:
+        while not self._closing:
             try:
                 self.update(await self._members())
             except (RedisError, RuntimeError, OSError) as exc:
@@ -201,11 +217,15 @@ def _member(record: NodeRecord) -> Member | None:
             if load is not None:
                 functions[name] = load
     role = record.get("role")
+    reported_at = record.get("heartbeat_at")
     return Member(
         name=str(record["name"]),
         url=str(record["url"]).rstrip("/"),
         role=role if role in ("edge", "cloud") else "edge",
         functions=functions,
+        reported_at=float(reported_at)
+        if isinstance(reported_at, int | float) and not isinstance(reported_at, bool)
+        else 0.0,
     )
 
 

@@ -208,9 +208,12 @@ class Router:
             return None, True
 
     async def _to_peer(self, pool: WarmPool, call: Outgoing, peer: str, url: str) -> Served:
-        self.view.sent(peer, pool.name)
-        headers = self._mesh_headers(pool, call, peer)
-        answer = await self._send(f"peer {peer}", url, call, headers, PEER_CONNECT_S, pool)
+        token = self.view.sent(peer, pool.name)
+        try:
+            headers = self._mesh_headers(pool, call, peer)
+            answer = await self._send(f"peer {peer}", url, call, headers, PEER_CONNECT_S, pool)
+        finally:
+            self.view.done(peer, pool.name, token)
         return self._served(answer, f"peer:{peer}", "peer", call)
 
     async def _to_cloud(

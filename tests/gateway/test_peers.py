@@ -161,16 +161,23 @@ def test_equally_loaded_peers_share_the_calls() -> None:
     assert min(picked.values()) > 140
 
 
-def test_sent_calls_count_until_the_next_refresh() -> None:
+def test_calls_sent_count_while_they_run_and_until_the_peer_reports_them() -> None:
     records = [record("edge-2", {"echo": load(slots=2)})]
     view = view_of(*records)
-    view.sent("edge-2", "echo")
+    first = view.sent("edge-2", "echo")
     assert view.choose("echo", DIGEST) is not None
-    view.sent("edge-2", "echo")
+    second = view.sent("edge-2", "echo")
     assert view.choose("echo", DIGEST) is None, "both slots were just given calls"
     view.sent("edge-2", "resize")  # another function's calls do not count against echo
-    view.update(records)
+    view.update(records)  # a record written before the calls were sent: they still count
+    assert view.choose("echo", DIGEST) is None
+    view.done("edge-2", "echo", first)  # an answered call frees its slot at once
     assert view.choose("echo", DIGEST) is not None
+    reported = record("edge-2", {"echo": load(slots=2, in_flight=1)})
+    reported["heartbeat_at"] = second + 1  # the peer's record now shows the running call
+    view.update([reported])
+    assert view.choose("echo", DIGEST) is not None, "the running call is counted once"
+    view.done("edge-2", "echo", second)
 
 
 @pytest.mark.usefixtures("seeded")

@@ -4,8 +4,9 @@ The view is rebuilt from the mesh's node records every ``REFRESH_S``; nodes hear
 ``HEARTBEAT_S``, so the load a choice is based on is at most about half a second old. To a
 peer's reported load the view adds this node's calls to it that are still running and were
 sent after the peer wrote its record (the record's own time, so clocks should agree within a
-fraction of a second, as NTP keeps them): a burst does not pile onto a peer that still looks
-idle, and a peer that answers fast gets as many calls as it can take.
+fraction of a second, as NTP keeps them), and takes off those of its calls the record counted
+that have been answered since: a burst does not pile onto a peer that still looks idle, and a
+peer that answers fast is not thought busy until its next record.
 
 A peer is chosen by power of two choices (Mitzenmacher; Ray Serve routes the same way): two
 random candidates among the peers that run the same digest and report a free slot, and the
@@ -33,6 +34,7 @@ REFRESH_S = 0.2
 STALE_S = 1.5  # a view older than this (Redis unreachable) offers no peer
 DOWN_S = 3.0  # a peer that refused a connection is not chosen again for this long
 CLOSE_WAIT_S = 2.0
+MAX_ANSWERED = 4096  # answered calls remembered per peer and function, until its next record
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class PeerView:
         self.seen_clouds: dict[str, str] = {}  # URL → name of every cloud node seen live
         self.refreshed_at = 0.0
         self._running: dict[tuple[str, str], list[float]] = {}  # send times, by peer, function
+        self._answered: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (sent, done)
         self._down: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -149,11 +152,15 @@ class PeerView:
         return token
 
     def done(self, peer: str, function: str, token: float) -> None:
-        running = self._running.get((peer, function))
+        key = (peer, function)
+        running = self._running.get(key)
         if running is not None:
             running.remove(token)
             if not running:
-                del self._running[(peer, function)]
+                del self._running[key]
+        answered = self._answered.setdefault(key, [])
+        if len(answered) < MAX_ANSWERED:
+            answered.append((token, time.time()))
 
     def mark_down(self, peer: str) -> None:
         """``peer`` refused a connection: do not choose it for ``DOWN_S`` (its record
@@ -174,6 +181,13 @@ class PeerView:
         self.peers = peers
         self.clouds = dict(sorted(clouds.items()))
         self.seen_clouds.update({m.url: m.name for m in self.clouds.values()})
+        for key, answered in list(self._answered.items()):  # keep those the records count
+            member = peers.get(key[0])
+            kept = [a for a in answered if member is not None and a[1] > member.reported_at]
+            if kept:
+                self._answered[key] = kept
+            else:
+                del self._answered[key]
         self.refreshed_at = time.monotonic()
 
     def _spare(self, peer: Member, function: str) -> int:
@@ -181,9 +195,11 @@ class PeerView:
         return load.slots - self._used(peer, function)
 
     def _used(self, peer: Member, function: str) -> int:
+        key = (peer.name, function)
         since = peer.reported_at
-        unseen = sum(1 for t in self._running.get((peer.name, function), ()) if t > since)
-        return peer.functions[function].busy + unseen
+        unseen = sum(1 for sent in self._running.get(key, ()) if sent > since)
+        gone = sum(1 for sent, done in self._answered.get(key, ()) if sent <= since < done)
+        return max(0, peer.functions[function].busy - gone) + unseen
 
     def _is_down(self, peer: str) -> bool:
         until = self._down.get(peer)

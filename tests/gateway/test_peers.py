@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from typing import Any
 
@@ -174,10 +175,19 @@ def test_calls_sent_count_while_they_run_and_until_the_peer_reports_them() -> No
     view.done("edge-2", "echo", first)  # an answered call frees its slot at once
     assert view.choose("echo", DIGEST) is not None
     reported = record("edge-2", {"echo": load(slots=2, in_flight=1)})
-    reported["heartbeat_at"] = second + 1  # the peer's record now shows the running call
+    reported["heartbeat_at"] = second  # the peer's record now shows the running call
     view.update([reported])
     assert view.choose("echo", DIGEST) is not None, "the running call is counted once"
-    view.done("edge-2", "echo", second)
+    full = record("edge-2", {"echo": load(slots=2, in_flight=2)})
+    full["heartbeat_at"] = time.time()  # two calls running, one of them ours (second)
+    view.update([full])
+    assert view.choose("echo", DIGEST) is None
+    view.done("edge-2", "echo", second)  # ours is answered: the record over-counts by one
+    assert view.choose("echo", DIGEST) is not None
+    later = record("edge-2", {"echo": load(slots=2, in_flight=2)})
+    later["heartbeat_at"] = time.time() + 1  # a newer record: whatever it counts is current
+    view.update([later])
+    assert view.choose("echo", DIGEST) is None
 
 
 @pytest.mark.usefixtures("seeded")

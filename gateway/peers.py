@@ -78,6 +78,7 @@ class PeerView:
         self._down: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.version = 0  # changes whenever the view does
 
     def start(self) -> None:
         if self._members is not None and self._task is None:
@@ -166,6 +167,7 @@ class PeerView:
         """``peer`` refused a connection: do not choose it for ``DOWN_S`` (its record
         expires from the mesh within that time if it is dead)."""
         self._down[peer] = time.monotonic() + DOWN_S
+        self.version += 1
 
     # ------------------------------------------------------------------------ refreshing
 
@@ -189,6 +191,7 @@ class PeerView:
             else:
                 del self._answered[key]
         self.refreshed_at = time.monotonic()
+        self.version += 1
 
     def _spare(self, peer: Member, function: str) -> int:
         load = peer.functions[function]

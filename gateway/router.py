@@ -34,7 +34,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.errors import Headers
 from gateway.forward import DIGEST_HEADER, HOP_HEADER, Forwarder, NotRun, forward_headers
 from gateway.metrics import Metrics
-from gateway.peers import PeerView
+from gateway.peers import REFRESH_S, PeerView
 from registry.meshauth import sign_call
 from runtime.admission import Admission, Verdict
 from runtime.defaults import KILL_GRACE_S
@@ -92,6 +92,7 @@ class Router:
         self.cloud_timeout_s = cloud_timeout_s
         self.forwarder = Forwarder()
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._spillable: dict[str, tuple[WarmPool, int, float, bool]] = {}
 
     def start(self) -> None:
         self.view.start()
@@ -139,6 +140,18 @@ class Router:
         return deadline_s if base is None else min(base, deadline_s)
 
     def _can_spill(self, pool: WarmPool) -> bool:
+        """Whether a peer or the cloud could take this function's calls — kept until the
+        view changes, for at most a refresh period (every call asks while the pool is busy)."""
+        now = time.monotonic()
+        cached = self._spillable.get(pool.name)
+        version = self.view.version
+        if cached is not None and cached[:2] == (pool, version) and now < cached[2]:
+            return cached[3]
+        answer = self._could_spill(pool)
+        self._spillable[pool.name] = (pool, version, now + REFRESH_S, answer)
+        return answer
+
+    def _could_spill(self, pool: WarmPool) -> bool:
         to = pool.spec.spill.to
         return ("peers" in to and self.view.has_peer(pool.name, pool.digest)) or (
             "cloud" in to

@@ -111,8 +111,10 @@ class Router:
         """Whether ``pool`` takes the call, and why (a metrics reason)."""
         admission = pool.admit(self._budget(pool, deadline_s, forwarded))
         verdict = admission.verdict
-        if admission.admitted:
-            return admission, verdict.value
+        if verdict is Verdict.FREE_WORKER:
+            return admission, "free_worker"
+        if verdict is Verdict.QUEUE_OK:
+            return admission, "queue_ok"
         if verdict is Verdict.UNAVAILABLE:
             return admission, "unavailable"
         if deadline_s is not None and verdict is Verdict.WAIT_TOO_LONG:

@@ -310,13 +310,17 @@ def test_a_forwarded_call_is_never_forwarded_again(mesh: Mesh) -> None:
             learner.start()
         assert all(learner.result().ok for learner in learners)
 
-    # Edge and peer both saturated: the edge's view of the peer is up to ~0.5 s old, so
-    # some calls it sends there find the worker busy (in most bursts; a few bursts are
-    # allowed to find one). The peer refuses them (it never sends a forwarded call on) and
-    # the edge sends them to the cloud.
+    # Edge and peer both saturated. A call sent straight to the peer takes its worker just
+    # before the burst: the edge's view of the peer is up to ~0.5 s old, so calls it sends
+    # there meanwhile find the worker busy (most bursts; a few may miss the window). The
+    # peer refuses them (it never sends a forwarded call on) and the edge sends them on.
     answers = []
     for _ in range(8):
+        holder = Background(site.peer, "busy", "?sleep_ms=1500")
+        holder.start()
+        time.sleep(0.05)
         answers += burst(site.edge, "busy", rate_per_s=12, duration_s=2.0, query="?sleep_ms=300")
+        assert holder.result().ok
         if invocations(site.peer, "busy")[("none", "saturated")]:
             break
     print(f"saturating bursts: {describe(answers)}")

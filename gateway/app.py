@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin, mesh_api
+from gateway import admin, mesh_api, records_api
 from gateway.errors import GatewayError, error_response, internal_error_response
 from gateway.invoke import Invoker
 from gateway.node import Node
@@ -74,7 +74,7 @@ def create_app(node: Node) -> Gateway:
         finally:
             await node.close()
 
-    routes: list[BaseRoute] = [*admin.routes(), *mesh_api.routes()]
+    routes: list[BaseRoute] = [*admin.routes(), *mesh_api.routes(), *records_api.routes()]
     schema = SchemaGenerator(
         {"openapi": "3.0.0", "info": {"title": "edgefaas gateway", "version": "1"}}
     )

@@ -71,6 +71,7 @@ class Invoker:
         self.router = node.router
         self.max_body = node.settings.max_body_bytes
         self.call_log = node.call_log
+        self.records = node.recorder.buffer
         self.replays = ReplayGuard()
 
     async def __call__(
@@ -120,6 +121,7 @@ class Invoker:
         pool = self.pools.get(name)
         given, length, deadline_s, forwarded = self._read_headers(scope["headers"])
         route.call_id = given or route.call_id
+        route.forwarded = forwarded
         if methods is not None and scope["method"] not in methods:
             raise MethodNotAllowed(
                 f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
@@ -129,6 +131,7 @@ class Invoker:
         if length > self.max_body:
             raise PayloadTooLarge(self._too_large(length))
         body = await self._read_body(receive)
+        route.request_bytes = len(body)
         pool = self.pools.get(name, pool)  # a new version may have taken over meanwhile
         headers_in = scope["headers"]
         if forwarded:
@@ -199,6 +202,7 @@ class Invoker:
         headers.append((b"x-call-id", route.call_id.encode()))
         headers.append((b"x-served-by", route.served_by.encode()))
         headers.append((b"x-duration-seconds", b"%.6f" % elapsed))
+        route.response_bytes = len(body)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self._record(name, route, status)
@@ -213,6 +217,19 @@ class Invoker:
                 self.metrics.observe_route(name, "none" if refused else route.served_by, reason)
         if self.call_log is not None:
             self.call_log.record(name, status, elapsed, route.served_by, route.call_id, reason)
+        if not route.forwarded:  # the node that answers the client records the call
+            pool = self.pools.get(name)
+            self.records.add(
+                route.call_id,
+                name,
+                pool.digest if pool is not None else "",
+                route.served_by,
+                reason,
+                status,
+                elapsed,
+                route.request_bytes,
+                route.response_bytes,
+            )
 
     def _read_headers(
         self, headers: list[tuple[bytes, bytes]]
@@ -269,13 +286,24 @@ class Route:
     """What the gateway knows of one call as it goes: its id, when it started, where it
     was served and why (the router's reason)."""
 
-    __slots__ = ("call_id", "reason", "served_by", "started")
+    __slots__ = (
+        "call_id",
+        "forwarded",
+        "reason",
+        "request_bytes",
+        "response_bytes",
+        "served_by",
+        "started",
+    )
 
     def __init__(self, call_id: str, started: float) -> None:
         self.call_id = call_id
         self.started = started
         self.served_by = "local"
         self.reason = ""
+        self.forwarded = False  # another node took the call from the client (and records it)
+        self.request_bytes = 0
+        self.response_bytes = 0
 
 
 class ClientGone(Exception):

@@ -21,6 +21,7 @@ from gateway.invoke import CallIds
 from gateway.mesh import MeshAgent, load_or_create_secret, load_or_create_signing_key
 from gateway.metrics import Metrics
 from gateway.peers import PeerView
+from gateway.recorder import Recorder
 from gateway.router import Router
 from gateway.settings import Settings
 from registry.redis_server import mask_password
@@ -56,6 +57,7 @@ class Node:
         self.metrics.watch_pools(self.supervisor.snapshot)
         self.call_ids = CallIds()
         self.call_log = CallLog() if settings.call_log else None
+        self.recorder = Recorder(self)
         self.admin_token = ""
         self.started_at = 0.0
         self._mesh: MeshAgent | None = None
@@ -89,6 +91,7 @@ class Node:
         self.router.mesh_key = self._mesh.mesh_key
         await self._mesh.start(self.manifest, self.record)
         self.router.start()
+        await self.recorder.start()
 
     async def now_serving(self) -> None:
         """The server listens: peers may fetch bundles from this node from now on."""
@@ -100,6 +103,7 @@ class Node:
         """Leave the mesh, then stop every pool (graceful unless ``force``)."""
         if self._mesh is not None and not self._closed:
             self._closed = True
+            await self.recorder.close()  # a last flush, to the mesh's Redis
             await self.router.view.close()  # it reads the mesh's Redis
             await self._mesh.close()
         await self.supervisor.close(force=force)

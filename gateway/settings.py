@@ -99,6 +99,11 @@ class Settings:
         UP,
     )
     max_body_bytes: int = setting(6 * MiB, "largest request body accepted (413 above)", UP)
+    records_quota: int = setting(
+        100_000,
+        "most call records kept waiting for the cloud node; older ones are dropped and counted",
+        UP,
+    )
     grace_s: float = setting(30.0, "on SIGTERM, how long in-flight calls may finish", UP)
     log_level: str = setting("info", "debug, info, warning or error", UP)
     call_log: bool = setting(True, "log one line per call", UP)
@@ -226,6 +231,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"expected a number of bytes from 1 to {MAX_BODY_BYTES}",
     ),
     "grace_s": (lambda v: 0 <= v < float("inf"), "expected seconds ≥ 0"),
+    "records_quota": (lambda v: 1 <= v <= 100_000_000, "expected a number from 1 to 100000000"),
     "log_level": (
         lambda v: v.lower() in ("debug", "info", "warning", "error"),
         "expected debug, info, warning or error",

@@ -15,6 +15,9 @@ key                                holds
 ``P:holders:DIGEST``               set of node names that hold the bundle on disk
 ``P:fetchers:DIGEST``              list of the nodes that set out to fetch the bundle, in
                                    order (expires): later ones fetch from earlier ones
+``P:records:NODE``                 stream of the node's call records not yet shipped to the
+                                   cloud (one field ``r``: the record as JSON), capped
+``P:records-shipped:NODE``         id of the last record of the stream the cloud took
 =================================  ======================================================
 """
 
@@ -63,6 +66,12 @@ class Keys:
 
     def fetchers(self, digest: str) -> str:
         return f"{self.prefix}:fetchers:{digest}"
+
+    def records(self, node: str) -> str:
+        return f"{self.prefix}:records:{node}"
+
+    def records_shipped(self, node: str) -> str:
+        return f"{self.prefix}:records-shipped:{node}"
 
 
 def text(value: bytes | str) -> str:

@@ -1,0 +1,151 @@
+"""The call records' HTTP API.
+
+=======  ========================  ==========================================================
+verb     path                      who
+=======  ========================  ==========================================================
+POST     /system/records           a node of the mesh (mesh key): a batch of its records, to
+                                   a ``--role cloud`` node, which stores them
+GET      /system/records           admin, on the cloud node: ``?function=&node=&since=&after=
+                                   &limit=``, in arrival order
+GET      /system/records/status    admin, any node: waiting, shipped, dropped
+=======  ========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.admin import admin, node_of
+from gateway.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
+from gateway.records import check_batch
+from gateway.recordstore import MAX_LIMIT, RecordStore
+from registry.errors import MeshAuthError
+from registry.meshauth import NONCE_HEADER, verify_request
+
+MAX_BATCH_BYTES = 2 * 1024 * 1024
+
+
+def _store(request: Request) -> RecordStore:
+    node = node_of(request)
+    store = node.recorder.store
+    if store is None:
+        raise NotFound(
+            f"records are stored on the cloud node: {node.name} is an edge node and ships "
+            "its records there (GET /system/records/status shows how many wait)"
+        )
+    return store
+
+
+async def receive_records(request: Request) -> Response:
+    """
+    summary: Store a batch of another node's call records (on a --role cloud node)
+    description: 'Body {"node": NAME, "records": [...]}, signed with the mesh key. A record
+      already held (same node and call id) is not stored again.'
+    responses:
+      200: {description: "Stored: how many were new."}
+      400: {description: "Not a batch of records (the message names the bad field)."}
+      401: {description: "Not signed with this mesh's key for this node."}
+      404: {description: "This node is not the cloud node."}
+      413: {description: "Larger than the batch limit."}
+    """
+    store = _store(request)
+    body = await _read_limited(request)
+    sender = _verify(request, body)
+    records = check_batch(body, sender)
+    new = await asyncio.to_thread(store.add, records)
+    return JSONResponse({"received": len(records), "stored": new})
+
+
+async def list_records(request: Request) -> Response:
+    """
+    summary: Call records of the whole mesh, in arrival order (on a --role cloud node)
+    description: 'Filters: function, node, since (Unix time), after (a seq: the next page),
+      limit (at most 10000, default 1000).'
+    responses:
+      200: {description: '{"records": [...], "next": SEQ} (next: pass as after)'}
+      400: {description: "A bad filter."}
+      404: {description: "This node is not the cloud node."}
+    """
+    store = _store(request)
+    query = request.query_params
+    unknown = sorted(set(query) - {"function", "node", "since", "after", "limit"})
+    if unknown:
+        raise BadRequest(f"?{unknown[0]}: unknown; filter by function, node, since, after, limit")
+    since = _number(query.get("since"), "since") if "since" in query else None
+    after = int(_number(query.get("after", "0"), "after", whole=True))
+    limit = int(_number(query.get("limit", "1000"), "limit", whole=True))
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"?limit: expected 1 to {MAX_LIMIT}, got {limit}")
+    records = await asyncio.to_thread(
+        store.query,
+        function=query.get("function", ""),
+        node=query.get("node", ""),
+        since=since,
+        after=after,
+        limit=limit,
+    )
+    return JSONResponse({"records": records, "next": records[-1]["seq"] if records else after})
+
+
+async def records_status(request: Request) -> Response:
+    """
+    summary: This node's call records - waiting, shipped to the cloud, dropped over the quota
+    responses:
+      200: {description: "Counts, the quota, the cloud node and the last error."}
+    """
+    return JSONResponse(await node_of(request).recorder.status())
+
+
+def _verify(request: Request, body: bytes) -> str:
+    node = node_of(request)
+    try:
+        sender = verify_request(
+            node.mesh.mesh_key,
+            request.method,
+            request.url.path,
+            request.headers,
+            node.name,
+            body=body,
+        )
+        node.recorder.nonces.check(request.headers[NONCE_HEADER])
+    except MeshAuthError as exc:
+        raise Unauthorized(f"records refused: {exc}") from None
+    return sender
+
+
+def _number(value: str | None, name: str, *, whole: bool = False) -> float:
+    try:
+        number = float(value or "")
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (whole and not number.is_integer()):
+        kind = "a whole number ≥ 0" if whole else "a number ≥ 0 (Unix time)"
+        raise BadRequest(f"?{name}: expected {kind}, got {value!r:.40}")
+    return number
+
+
+async def _read_limited(request: Request) -> bytes:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BATCH_BYTES:
+        raise PayloadTooLarge(f"a batch of {length} bytes exceeds the {MAX_BATCH_BYTES}-byte limit")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BATCH_BYTES:
+            raise PayloadTooLarge(f"a batch exceeds the {MAX_BATCH_BYTES}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/system/records", receive_records, methods=["POST"]),
+        Route("/system/records", admin(list_records), methods=["GET"]),
+        Route("/system/records/status", admin(records_status), methods=["GET"]),
+    ]

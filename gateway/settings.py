@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.callbacks import allow_list_problem
 from gateway.errors import SettingsError
 from runtime.protocol import MAX_FRAME_BYTES
 
@@ -102,6 +103,12 @@ class Settings:
     records_quota: int = setting(
         100_000,
         "most call records kept waiting for the cloud node; older ones are dropped and counted",
+        UP,
+    )
+    callback_allow: str = setting(
+        "",
+        "comma-separated host names, *.domain wildcards and CIDRs that X-Callback-Url may "
+        "reach besides public addresses (e.g. 10.0.0.0/8,hooks.lan)",
         UP,
     )
     grace_s: float = setting(30.0, "on SIGTERM, how long in-flight calls may finish", UP)
@@ -237,6 +244,11 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "expected debug, info, warning or error",
     ),
     "role": (lambda v: v in ("edge", "cloud"), "expected edge or cloud"),
+    "callback_allow": (
+        lambda v: not allow_list_problem(v),
+        "expected comma-separated host names, *.domain wildcards or CIDRs such as "
+        "10.0.0.0/8 or fd00::/8",
+    ),
     "redis_url": (_url_ok, _URL_EXPECTED),
     "advertise": (_url_ok, _URL_EXPECTED),
     "cloud_url": (

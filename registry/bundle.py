@@ -29,9 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from registry import defaults
+from registry.asyncspec import ASYNC_KEYS
 from registry.errors import BundleError
 from registry.signing import SigningKey
-from registry.specs import SPILL_KEYS, FunctionSpec, HandlerRef, HttpTrigger, PoolSpec, SpillSpec
+from registry.specs import (
+    SPILL_KEYS,
+    AsyncSpec,
+    FunctionSpec,
+    HandlerRef,
+    HttpTrigger,
+    PoolSpec,
+    SpillSpec,
+)
 
 FORMAT = 1
 FUNCTION_JSON = "function.json"
@@ -105,12 +114,15 @@ def build_callable_bundle(
     env: Mapping[str, str] | None = None,
     triggers: Iterable[HttpTrigger | str] = (),
     spill: SpillSpec | Mapping[str, Any] | None = None,
+    async_policy: AsyncSpec | Mapping[str, Any] | None = None,
 ) -> Bundle:
     """Bundle ``fn`` cloudpickled as ``files/callable.pkl`` (handler kind "pickle"; the
-    handler's attr is ``fn.__name__``, for messages only). ``pool`` and ``spill`` may each be
-    a spec (:class:`PoolSpec`, :class:`SpillSpec`) or a mapping of the settings to change
-    from the defaults, e.g. ``spill={"to": []}`` to pin the function to its node; a trigger
-    given as a path accepts the default methods."""
+    handler's attr is ``fn.__name__``, for messages only). ``pool``, ``spill`` and
+    ``async_policy`` (the manifest's ``async``) may each be a spec (:class:`PoolSpec`,
+    :class:`SpillSpec`, :class:`AsyncSpec`) or a mapping of the settings to change from the
+    defaults, e.g. ``spill={"to": []}`` to pin the function to its node or
+    ``async_policy={"retries": 0}``; a trigger given as a path accepts the default methods
+    and is not async (pass ``HttpTrigger(path, methods, is_async=True)`` for one that is)."""
     import cloudpickle  # only deploys from Python need it
 
     spec = FunctionSpec(
@@ -123,6 +135,7 @@ def build_callable_bundle(
         memory_mb=_memory(memory_mb),
         env=_env(env),
         spill=_spill(spill),
+        async_policy=_async_policy(async_policy),
     )
     try:
         pickled: bytes = cloudpickle.dumps(fn)
@@ -319,6 +332,24 @@ def _spill(spill: SpillSpec | Mapping[str, Any] | None) -> SpillSpec:
             raise BundleError(f"unknown spill setting {key!r}; expected one of {known}")
     try:
         return SpillSpec(**given)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"invalid {exc}") from exc
+
+
+def _async_policy(policy: AsyncSpec | Mapping[str, Any] | None) -> AsyncSpec:
+    known = ", ".join(ASYNC_KEYS)
+    if isinstance(policy, AsyncSpec):
+        return policy
+    if policy is not None and not isinstance(policy, Mapping):
+        raise BundleError(
+            f"invalid async_policy {policy!r}: expected an AsyncSpec or a mapping of {known}"
+        )
+    given = dict(policy or {})
+    for key in given:
+        if key not in ASYNC_KEYS:
+            raise BundleError(f"unknown async setting {key!r}; expected one of {known}")
+    try:
+        return AsyncSpec(**given)
     except (TypeError, ValueError) as exc:
         raise BundleError(f"invalid {exc}") from exc
 

@@ -185,8 +185,8 @@ def deploy_callable(
     """Deploy a Python callable as function ``name``: cloudpickle it into a bundle, sign it,
     upload it, make it the desired version and wait (up to ``wait_s``) until every live
     node runs it. ``settings`` (see :func:`~registry.bundle.build_callable_bundle`):
-    ``pool``, ``spill``, ``timeout_s``, ``memory_mb``, ``env``, ``triggers``. The token
-    defaults to ``EDGEFAAS_ADMIN_TOKEN``."""
+    ``pool``, ``spill``, ``async_policy``, ``timeout_s``, ``memory_mb``, ``env``,
+    ``triggers``. The token defaults to ``EDGEFAAS_ADMIN_TOKEN``."""
     key = signing_key if isinstance(signing_key, SigningKey) else SigningKey.load(signing_key)
     admin = token or os.environ.get("EDGEFAAS_ADMIN_TOKEN", "")
     if not admin:

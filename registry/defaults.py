@@ -22,6 +22,13 @@ SPILL_TO = ("peers", "cloud")
 SPILL_MAX_LOCAL_WAIT_MS = 100
 SPILL_CLOUD_COMPATIBLE = False  # may go to a foreign (non-edgefaas) cloud gateway
 
+# Async calls (answered 202, run from a queue): Lambda's defaults.
+ASYNC_RETRIES = 2  # runs after the first one fails
+ASYNC_MAX_RETRIES = 10
+ASYNC_BACKOFF_S = (1.0, 10.0, 60.0)  # wait before retry 1, 2, 3...; the last repeats
+ASYNC_MAX_AGE_S = 21600.0  # 6 h from acceptance; older calls become dead letters
+ASYNC_MAX_AGE_LIMIT_S = 7 * 24 * 3600  # the longest max_age_s (and backoff) allowed
+
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DEFAULT_TRIGGER_METHODS = ("POST",)
 

@@ -6,8 +6,8 @@ that every error can name the key path and the line that caused it::
     functions.yaml: functions.motion.pool.max: expected an integer ≥ min (1), got "lots" (line 14)
 
 Settings resolve in three layers: the function's own keys, then the ``defaults:`` block, then
-:mod:`registry.defaults`. ``pool``, ``spill`` and ``env`` merge key by key. Relative paths
-resolve against the manifest's folder and may not leave it. Every problem raises
+:mod:`registry.defaults`. ``pool``, ``spill``, ``async`` and ``env`` merge key by key. Relative
+paths resolve against the manifest's folder and may not leave it. Every problem raises
 :class:`ManifestError`.
 """
 
@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from registry import defaults
+from registry.asyncspec import ASYNC_KEYS, async_fault
 from registry.errors import ManifestError
 from registry.specs import (
     SPILL_KEYS,
+    AsyncSpec,
     FunctionSpec,
     HandlerRef,
     HttpTrigger,
@@ -36,11 +38,15 @@ from registry.specs import (
 from registry.yamltree import YamlTree, join_path, show_value
 
 _TOP_KEYS = ("version", "defaults", "functions")
-_DEFAULT_KEYS = ("pool", "spill", "timeout_s", "memory_mb", "env")
+_DEFAULT_KEYS = ("pool", "spill", "async", "timeout_s", "memory_mb", "env")
 _FUNCTION_ONLY_KEYS = ("handler", "triggers", "files")
 _FUNCTION_KEYS = ("handler", "triggers", *_DEFAULT_KEYS, "files")
 _POOL_KEYS = ("min", "max", "concurrency", "queue_max", "max_queue_wait_ms", "idle_timeout_s")
-_GROUPS = {"pool": _POOL_KEYS, "spill": SPILL_KEYS}  # settings that merge key by key
+_GROUPS = {
+    "pool": _POOL_KEYS,
+    "spill": SPILL_KEYS,
+    "async": ASYNC_KEYS,
+}  # settings that merge key by key
 _MAX_CONCURRENCY = 1000
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -60,6 +66,9 @@ _BUILTIN_SETTINGS: dict[str, object] = {
     "spill.to": list(defaults.SPILL_TO),
     "spill.max_local_wait_ms": defaults.SPILL_MAX_LOCAL_WAIT_MS,
     "spill.cloud_compatible": defaults.SPILL_CLOUD_COMPATIBLE,
+    "async.retries": defaults.ASYNC_RETRIES,
+    "async.backoff_s": list(defaults.ASYNC_BACKOFF_S),
+    "async.max_age_s": defaults.ASYNC_MAX_AGE_S,
 }
 
 
@@ -114,7 +123,7 @@ class _Given(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class _Layer:
     """Settings resolved so far, keyed ``timeout_s``, ``memory_mb``, ``pool.<key>``,
-    ``spill.<key>``; and env."""
+    ``spill.<key>``, ``async.<key>``; and env."""
 
     given: dict[str, _Given]
     env: dict[str, str]
@@ -176,7 +185,7 @@ class _Checker:
         self.check_keys(block, path, _FUNCTION_KEYS)
         handler, root = self.handler(self.require(block, "handler", path), f"{path}.handler")
         layer = self.overlay(base, block, path)
-        pool, spill, timeout_s, memory_mb = self.settings(layer)
+        pool, spill, async_policy, timeout_s, memory_mb = self.settings(layer)
         triggers = self.triggers(block.get("triggers", []), f"{path}.triggers", name)
         files = self.files(block.get("files", []), f"{path}.files")
         return FunctionSpec(
@@ -190,6 +199,7 @@ class _Checker:
             env=layer.env,
             files=files,
             spill=spill,
+            async_policy=async_policy,
         )
 
     # -- settings that layer: function over defaults over built-in ------------------------
@@ -214,8 +224,8 @@ class _Checker:
             env.update(self.env(block["env"], f"{path}.env"))
         return _Layer(given, env)
 
-    def settings(self, layer: _Layer) -> tuple[PoolSpec, SpillSpec, float, int]:
-        """The layer's pool, spill, timeout_s and memory_mb, checked."""
+    def settings(self, layer: _Layer) -> tuple[PoolSpec, SpillSpec, AsyncSpec, float, int]:
+        """The layer's pool, spill, async, timeout_s and memory_mb, checked."""
         given = layer.given
         longest = defaults.MAX_TIMEOUT_S
         timeout_s = self.number(
@@ -223,7 +233,7 @@ class _Checker:
         )
         least = defaults.MIN_MEMORY_MB
         memory_mb = self.integer(given["memory_mb"], f"an integer ≥ {least}", lambda n: n >= least)
-        return self.pool(given), self.spill(given), timeout_s, memory_mb
+        return self.pool(given), self.spill(given), self.async_policy(given), timeout_s, memory_mb
 
     def pool(self, given: dict[str, _Given]) -> PoolSpec:
         minimum, maximum = self.pool_bounds(given["pool.min"], given["pool.max"])
@@ -259,10 +269,7 @@ class _Checker:
     def spill(self, given: dict[str, _Given]) -> SpillSpec:
         tiers = self.tiers(given["spill.to"])
         wait_ms = self.integer(given["spill.max_local_wait_ms"], "an integer ≥ 0", lambda n: n >= 0)
-        flag = given["spill.cloud_compatible"]
-        if not isinstance(flag.value, bool):
-            raise self.invalid(flag.path, "true or false", flag.value)
-        return SpillSpec(tiers, wait_ms, flag.value)
+        return SpillSpec(tiers, wait_ms, self.boolean(given["spill.cloud_compatible"]))
 
     def tiers(self, given: _Given) -> tuple[str, ...]:
         """Spill tiers, in tier order whatever order they were given in."""
@@ -275,6 +282,15 @@ class _Checker:
             if item in items[:i]:
                 raise self.error(f"{given.path}[{i}]", f"duplicate tier {show_value(item)}")
         return tuple(tier for tier in defaults.SPILL_TIERS if tier in items)
+
+    def async_policy(self, given: dict[str, _Given]) -> AsyncSpec:
+        """The async policy; its rules live in :mod:`registry.asyncspec`."""
+        for key in ASYNC_KEYS:
+            item = given[f"async.{key}"]
+            fault = async_fault(key, item.value)
+            if fault is not None:
+                raise self.invalid(f"{item.path}{fault.at}", fault.expected, fault.value)
+        return AsyncSpec.from_dict({key: given[f"async.{key}"].value for key in ASYNC_KEYS})
 
     def env(self, value: object, path: str) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -331,11 +347,13 @@ class _Checker:
         if not item:
             raise self.error(path, "expected one trigger kind (http)")
         http = self.mapping(item["http"], f"{path}.http")
-        self.check_keys(http, f"{path}.http", ("path", "methods"))
+        self.check_keys(http, f"{path}.http", ("path", "methods", "async"))
         url_path = self.http_path(self.require(http, "path", f"{path}.http"), f"{path}.http.path")
-        if "methods" not in http:
-            return HttpTrigger(url_path, defaults.DEFAULT_TRIGGER_METHODS)
-        return HttpTrigger(url_path, self.methods(http["methods"], f"{path}.http.methods"))
+        methods: tuple[str, ...] = defaults.DEFAULT_TRIGGER_METHODS
+        if "methods" in http:
+            methods = self.methods(http["methods"], f"{path}.http.methods")
+        is_async = self.boolean(_Given(http.get("async", False), f"{path}.http.async"))
+        return HttpTrigger(url_path, methods, is_async)
 
     def http_path(self, value: object, path: str) -> str:
         text = self.string(value, path, 'a URL path such as "/echo"')
@@ -411,6 +429,11 @@ class _Checker:
         if not isinstance(value, str) or not value:
             raise self.invalid(path, expected, value)
         return value
+
+    def boolean(self, given: _Given) -> bool:
+        if not isinstance(given.value, bool):
+            raise self.invalid(given.path, "true or false", given.value)
+        return given.value
 
     def integer(self, given: _Given, expected: str, ok: Callable[[int], bool]) -> int:
         """An int (never a bool) for which ``ok`` holds."""

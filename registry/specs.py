@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from registry import defaults
+from registry.asyncspec import ASYNC_KEYS, async_fault
 
 HandlerKind = Literal["file", "module", "pickle"]
 SPILL_KEYS = ("to", "max_local_wait_ms", "cloud_compatible")  # the fields of SpillSpec
@@ -32,10 +33,29 @@ class HandlerRef:
 
 @dataclass(frozen=True, slots=True)
 class HttpTrigger:
-    """An extra URL path that reaches the function, with the HTTP methods it accepts."""
+    """An extra URL path that reaches the function, with the HTTP methods it accepts.
+    ``is_async`` (``async: true`` in the manifest) means a call there is queued and answered
+    202 at once, as ``POST /async-function/{name}`` is, rather than run while the caller
+    waits."""
 
     path: str
     methods: tuple[str, ...]
+    is_async: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.is_async, bool):
+            raise TypeError(
+                f"trigger {self.path}: async: expected true or false, got {self.is_async!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "methods": list(self.methods), "async": self.is_async}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HttpTrigger:
+        """The trigger :meth:`to_dict` wrote; a missing ``async`` (a bundle built before
+        async calls existed) means false."""
+        return cls(data["path"], tuple(data["methods"]), data.get("async", False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +146,58 @@ def _check_spill_values(max_local_wait_ms: object, cloud_compatible: object) -> 
 
 
 @dataclass(frozen=True, slots=True)
+class AsyncSpec:
+    """How a call accepted with 202 (``POST /async-function/{name}`` or an ``async: true``
+    trigger) is retried, and when it is given up.
+
+    A call whose run fails is run again up to ``retries`` times. Before retry *n* (from 1) it
+    waits ``backoff_s[n - 1]`` seconds; when there are more retries than entries, the last
+    entry repeats (see :meth:`backoff_before`). A call still unfinished ``max_age_s`` seconds
+    after it was accepted is not run again. Either way it then becomes a dead letter. Bad
+    values raise ValueError (TypeError for a document that is not an object): specs read
+    from a bundle are untrusted input. Numbers of seconds are kept as floats.
+    """
+
+    retries: int = defaults.ASYNC_RETRIES
+    backoff_s: tuple[float, ...] = defaults.ASYNC_BACKOFF_S
+    max_age_s: float = defaults.ASYNC_MAX_AGE_S
+
+    def __post_init__(self) -> None:
+        for key in ASYNC_KEYS:
+            fault = async_fault(key, getattr(self, key))
+            if fault is not None:
+                got = f"got {fault.value!r}"
+                raise ValueError(f"async.{key}{fault.at}: expected {fault.expected}, {got}")
+        object.__setattr__(self, "backoff_s", tuple(float(s) for s in self.backoff_s))
+        object.__setattr__(self, "max_age_s", float(self.max_age_s))
+
+    def backoff_before(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
+        if retry < 1:
+            raise ValueError(f"retry numbers start at 1, got {retry}")
+        return self.backoff_s[min(retry, len(self.backoff_s)) - 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "retries": self.retries,
+            "backoff_s": list(self.backoff_s),
+            "max_age_s": self.max_age_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> AsyncSpec:
+        if not isinstance(data, dict):
+            raise TypeError(f"async: expected an object, got {data!r}")
+        for key in data:
+            if key not in ASYNC_KEYS:
+                raise ValueError(f"async: unknown key {key!r}; expected {', '.join(ASYNC_KEYS)}")
+        for key in ASYNC_KEYS:
+            if key not in data:
+                raise ValueError(f"async: missing key {key!r}")
+        return cls(data["retries"], data["backoff_s"], data["max_age_s"])
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionSpec:
     """One function as declared in the manifest, with paths made absolute.
 
@@ -143,6 +215,7 @@ class FunctionSpec:
     env: dict[str, str] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     spill: SpillSpec = field(default_factory=SpillSpec)
+    async_policy: AsyncSpec = field(default_factory=AsyncSpec)  # "async" in documents
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,7 +226,7 @@ class FunctionSpec:
                 "attr": self.handler.attr,
             },
             "root": str(self.root),
-            "triggers": [{"path": t.path, "methods": list(t.methods)} for t in self.triggers],
+            "triggers": [t.to_dict() for t in self.triggers],
             "pool": {
                 "min": self.pool.min,
                 "max": self.pool.max,
@@ -167,19 +240,21 @@ class FunctionSpec:
             "env": dict(self.env),
             "files": [str(p) for p in self.files],
             "spill": self.spill.to_dict(),
+            "async": self.async_policy.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FunctionSpec:
-        """The spec :meth:`to_dict` wrote. A missing ``spill`` (a bundle built before
-        spill-over existed) means the defaults; bad values raise ValueError or TypeError."""
+        """The spec :meth:`to_dict` wrote. A missing ``spill`` or ``async`` (a bundle built
+        before spill-over or async calls existed) means the defaults, as does a trigger
+        without ``async``; bad values raise ValueError or TypeError."""
         handler = data["handler"]
         pool = data["pool"]
         return cls(
             name=data["name"],
             handler=HandlerRef(handler["kind"], handler["target"], handler["attr"]),
             root=Path(data["root"]),
-            triggers=tuple(HttpTrigger(t["path"], tuple(t["methods"])) for t in data["triggers"]),
+            triggers=tuple(HttpTrigger.from_dict(t) for t in data["triggers"]),
             pool=PoolSpec(
                 min=pool["min"],
                 max=pool["max"],
@@ -193,6 +268,7 @@ class FunctionSpec:
             env=dict(data["env"]),
             files=tuple(Path(p) for p in data["files"]),
             spill=SpillSpec.from_dict(data["spill"]) if "spill" in data else SpillSpec(),
+            async_policy=AsyncSpec.from_dict(data["async"]) if "async" in data else AsyncSpec(),
         )
 
 

@@ -30,7 +30,7 @@ from registry.client import deploy_callable
 from registry.errors import BundleError, BundleRejected
 from registry.manifest import load_manifest
 from registry.signing import SigningKey, TrustedKeys
-from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, SpillSpec
+from registry.specs import AsyncSpec, FunctionSpec, HandlerRef, HttpTrigger, SpillSpec
 from registry.unpack import read_function_json, unpack_bundle, verify_bundle
 
 MANIFEST = """\
@@ -39,12 +39,13 @@ functions:
   motion:
     handler: functions/motion/handler.py:detect
     triggers:
-      - http: {path: /sensors/motion, methods: [POST, PUT]}
+      - http: {path: /sensors/motion, methods: [POST, PUT], async: true}
     pool: {min: 0, max: 3, concurrency: 2}
     timeout_s: 5
     memory_mb: 128
     env: {REGION: eu}
     spill: {to: [peers], max_local_wait_ms: 20}
+    async: {retries: 4, backoff_s: [2]}
     files: [functions/motion/data/ads.json]
   plugin:
     handler: vendor.plugin:main
@@ -307,6 +308,8 @@ def test_build_sign_unpack_round_trip(
     assert stat.S_IMODE((root / "run.sh").stat().st_mode) & 0o100
     assert not stat.S_IMODE((root / "handler.py").stat().st_mode) & 0o111
     assert unpacked.spill == SpillSpec(to=("peers",), max_local_wait_ms=20)
+    assert unpacked.async_policy == AsyncSpec(retries=4, backoff_s=(2.0,))
+    assert unpacked.triggers == (HttpTrigger("/sensors/motion", ("POST", "PUT"), is_async=True),)
     assert read_function_json(dest) == unpacked
     assert sorted(os.listdir(dest.parent)) == [signed.digest]  # no staging folder left
 
@@ -446,6 +449,18 @@ def with_spill(**spill: object) -> bytes:
     return json.dumps({**DOCUMENT, "spill": {**SpillSpec().to_dict(), **spill}}).encode()
 
 
+def with_async(**policy: object) -> bytes:
+    """DOCUMENT with an async object: the defaults, changed by ``policy``."""
+    return json.dumps({**DOCUMENT, "async": {**AsyncSpec().to_dict(), **policy}}).encode()
+
+
+def with_trigger(**trigger: object) -> bytes:
+    """DOCUMENT with one trigger: POST /t, changed by ``trigger``."""
+    return json.dumps(
+        {**DOCUMENT, "triggers": [{"path": "/t", "methods": ["POST"], **trigger}]}
+    ).encode()
+
+
 def regular(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -473,6 +488,14 @@ def craft(*extra: tuple[tarfile.TarInfo, bytes | None], document: bytes | None =
     return buffer.getvalue()
 
 
+def test_function_json_carries_async(spec_of: Callable[[str], FunctionSpec]) -> None:
+    document = function_json(build_bundle(spec_of("motion")))
+    assert document["async"] == {"retries": 4, "backoff_s": [2.0], "max_age_s": 21600.0}
+    assert document["triggers"] == [
+        {"path": "/sensors/motion", "methods": ["POST", "PUT"], "async": True}
+    ]
+
+
 def unpack_crafted(data: bytes, key: SigningKey, trusted: TrustedKeys, dest: Path) -> FunctionSpec:
     digest = hashlib.sha256(data).hexdigest()
     return unpack_bundle(data, digest, key.sign_digest(digest), key.key_id, trusted, dest)
@@ -494,6 +517,16 @@ def test_a_crafted_archive_without_tricks_unpacks(
     assert (root / "hard").read_bytes() == b"data"
     assert spec.name == "evil"
     assert spec.spill == SpillSpec()  # a function.json from before spill-over existed
+    assert spec.async_policy == AsyncSpec()  # ... and from before async calls existed
+
+
+def test_a_function_json_from_before_async_calls_unpacks_with_the_defaults(
+    tmp_path: Path, key: SigningKey, trusted: TrustedKeys
+) -> None:
+    document = json.dumps({**DOCUMENT, "triggers": [{"path": "/t", "methods": ["GET"]}]})
+    spec = unpack_crafted(craft(document=document.encode()), key, trusted, tmp_path / "d")
+    assert spec.triggers == (HttpTrigger("/t", ("GET",), is_async=False),)
+    assert spec.async_policy == AsyncSpec(2, (1.0, 10.0, 60.0), 21600.0)
 
 
 MALICIOUS = {
@@ -618,6 +651,20 @@ def test_an_archive_that_unpacks_too_large_is_refused(
         (with_spill(cloud_compatible="yes"), "spill.cloud_compatible: expected true or false"),
         (with_spill(colour="red"), "spill: unknown key 'colour'"),
         (json.dumps({**DOCUMENT, "spill": ["peers"]}).encode(), "spill: expected an object"),
+        (
+            with_async(retries=-1),
+            "function.json is invalid: async.retries: expected an integer from 0 to 10, got -1",
+        ),
+        (with_async(retries=11), "async.retries: expected an integer from 0 to 10, got 11"),
+        (with_async(retries="2"), "async.retries: expected an integer from 0 to 10, got '2'"),
+        (with_async(backoff_s=[]), "async.backoff_s: expected a list of 1 to 10 numbers"),
+        (with_async(backoff_s=5), "async.backoff_s: expected a list of 1 to 10 numbers"),
+        (with_async(backoff_s=[1, 0]), "async.backoff_s[1]: expected a number > 0 and ≤ 604800"),
+        (with_async(max_age_s=0), "async.max_age_s: expected a number > 0 and ≤ 604800 (7 days)"),
+        (with_async(max_age_s=10**6), "async.max_age_s: expected a number > 0 and ≤ 604800"),
+        (with_async(colour="red"), "async: unknown key 'colour'"),
+        (json.dumps({**DOCUMENT, "async": [2]}).encode(), "async: expected an object"),
+        (with_trigger(**{"async": "yes"}), "trigger /t: async: expected true or false, got 'yes'"),
     ],
 )
 def test_a_bad_function_json_is_refused(
@@ -682,8 +729,9 @@ def test_a_cloudpickled_closure_round_trip(
         "scaler",
         pool={"max": 2},
         env={"UNIT": "cm"},
-        triggers=["/scale"],
+        triggers=["/scale", HttpTrigger("/scale/later", ("POST",), is_async=True)],
         spill={"to": ["cloud"], "cloud_compatible": True},
+        async_policy={"retries": 1, "max_age_s": 60},
     )
     signed = bundle.sign(key)
     dest = tmp_path / "node" / signed.digest
@@ -693,13 +741,17 @@ def test_a_cloudpickled_closure_round_trip(
     root = dest.resolve() / "files"
     assert spec.handler == HandlerRef("pickle", str(root / "callable.pkl"), "scale")
     assert spec.root == root
-    assert spec.triggers == (HttpTrigger("/scale", defaults.DEFAULT_TRIGGER_METHODS),)
+    assert spec.triggers == (
+        HttpTrigger("/scale", defaults.DEFAULT_TRIGGER_METHODS, is_async=False),
+        HttpTrigger("/scale/later", ("POST",), is_async=True),
+    )
     assert (spec.pool.min, spec.pool.max) == (defaults.POOL_MIN, 2)
     assert spec.pool.concurrency == defaults.POOL_CONCURRENCY
     assert (spec.timeout_s, spec.memory_mb) == (defaults.TIMEOUT_S, defaults.MEMORY_MB)
     assert spec.env == {"UNIT": "cm"}
     assert spec.files == ()
     assert spec.spill == SpillSpec(("cloud",), defaults.SPILL_MAX_LOCAL_WAIT_MS, True)
+    assert spec.async_policy == AsyncSpec(1, defaults.ASYNC_BACKOFF_S, 60.0)
     with open(spec.handler.target, "rb") as pickled:
         assert cloudpickle.loads(pickled.read())({"x": 2}) == {"scaled": 6}
 
@@ -771,6 +823,26 @@ def test_a_callable_bundle_with_a_bad_signature_is_not_unpacked(
             {"spill": {"cloud_compatible": 1}},
             "invalid spill.cloud_compatible: expected true or false, got 1",
         ),
+        (
+            {"async_policy": {"retry": 1}},
+            "unknown async setting 'retry'; expected one of retries, backoff_s, max_age_s",
+        ),
+        (
+            {"async_policy": [1]},
+            "invalid async_policy [1]: expected an AsyncSpec or a mapping of retries,",
+        ),
+        (
+            {"async_policy": {"retries": 11}},
+            "invalid async.retries: expected an integer from 0 to 10, got 11",
+        ),
+        (
+            {"async_policy": {"backoff_s": [1, -2]}},
+            "invalid async.backoff_s[1]: expected a number > 0 and ≤ 604800 (7 days), got -2",
+        ),
+        (
+            {"async_policy": {"max_age_s": 0}},
+            "invalid async.max_age_s: expected a number > 0 and ≤ 604800 (7 days), got 0",
+        ),
     ],
 )
 def test_callable_bundle_settings_are_checked(settings_: dict[str, object], message: str) -> None:
@@ -794,6 +866,23 @@ def test_a_callable_bundle_carries_its_spill(
 ) -> None:
     bundle = build_callable_bundle(lambda event: event, "echo", spill=spill)
     assert function_json(bundle)["spill"] == expected.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (None, AsyncSpec()),
+        ({}, AsyncSpec()),
+        ({"retries": 0}, AsyncSpec(0)),
+        ({"backoff_s": [3, 30]}, AsyncSpec(backoff_s=(3.0, 30.0))),
+        (AsyncSpec(7, (1.5,), 600), AsyncSpec(7, (1.5,), 600)),
+    ],
+)
+def test_a_callable_bundle_carries_its_async_policy(
+    policy: AsyncSpec | dict[str, Any] | None, expected: AsyncSpec
+) -> None:
+    bundle = build_callable_bundle(lambda event: event, "echo", async_policy=policy)
+    assert function_json(bundle)["async"] == expected.to_dict()
 
 
 def test_deploy_callable_ships_its_spill(
@@ -828,6 +917,7 @@ def test_deploy_callable_ships_its_spill(
         signing_key=key,
         wait_s=5.0,
         spill={"to": [], "max_local_wait_ms": 5},
+        async_policy={"retries": 0},
     )
 
     assert entry == {"name": "cam", "version": 1}
@@ -836,6 +926,7 @@ def test_deploy_callable_ships_its_spill(
     spec = unpack_bundle(data, digest, signature, key.key_id, trusted, tmp_path / "d")
     assert spec.spill == SpillSpec(to=(), max_local_wait_ms=5, cloud_compatible=False)
     assert spec.spill.pinned
+    assert spec.async_policy == AsyncSpec(retries=0)
 
 
 def test_gzip_stream_of_a_bundle_is_plain(spec_of: Callable[[str], FunctionSpec]) -> None:

@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from registry import defaults
 from registry.errors import ManifestError
 from registry.manifest import load_manifest, parse_manifest
-from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, Manifest, PoolSpec, SpillSpec
+from registry.specs import (
+    AsyncSpec,
+    FunctionSpec,
+    HandlerRef,
+    HttpTrigger,
+    Manifest,
+    PoolSpec,
+    SpillSpec,
+)
 
 HANDLERS = ("functions/echo/handler.py", "functions/motion/handler.py")
 FULL = """\
@@ -22,16 +30,18 @@ defaults:
   timeout_s: 20
   pool: {max: 3, queue_max: 64}
   spill: {max_local_wait_ms: 50}
+  async: {retries: 5, max_age_s: 3600}
   env: {LOG_LEVEL: info, REGION: eu}
 functions:
   motion:
     handler: functions/motion/handler.py:detect
     triggers:
-      - http: {path: /sensors/motion, methods: [post, PUT]}
-      - http: {path: /motion}
+      - http: {path: /sensors/motion, methods: [post, PUT], async: true}
+      - http: {path: /motion, async: false}
     pool: {min: 0, concurrency: 4, idle_timeout_s: 2.5}
     memory_mb: 256
     spill: {to: [cloud, peers], cloud_compatible: true}
+    async: {backoff_s: [0.5, 2]}
     env: {REGION: us, DEBUG: true, RETRIES: 3, RATIO: 0.5}
     files: [functions/motion/ads.json]
   echo:
@@ -88,8 +98,8 @@ def test_full_manifest_becomes_specs_with_defaults_applied(folder: Path, parse: 
         handler=HandlerRef("file", str(folder / "functions/motion/handler.py"), "detect"),
         root=folder / "functions/motion",
         triggers=(
-            HttpTrigger("/sensors/motion", ("POST", "PUT")),
-            HttpTrigger("/motion", ("POST",)),
+            HttpTrigger("/sensors/motion", ("POST", "PUT"), is_async=True),
+            HttpTrigger("/motion", ("POST",), is_async=False),
         ),
         pool=PoolSpec(
             min=0, max=3, concurrency=4, queue_max=64, max_queue_wait_ms=2000, idle_timeout_s=2.5
@@ -99,6 +109,7 @@ def test_full_manifest_becomes_specs_with_defaults_applied(folder: Path, parse: 
         env={"LOG_LEVEL": "info", "REGION": "us", "DEBUG": "true", "RETRIES": "3", "RATIO": "0.5"},
         files=(folder / "functions/motion/ads.json",),
         spill=SpillSpec(to=("peers", "cloud"), max_local_wait_ms=50, cloud_compatible=True),
+        async_policy=AsyncSpec(retries=5, backoff_s=(0.5, 2.0), max_age_s=3600.0),
     )
     assert manifest.functions["echo"] == FunctionSpec(
         name="echo",
@@ -112,6 +123,7 @@ def test_full_manifest_becomes_specs_with_defaults_applied(folder: Path, parse: 
         memory_mb=512,
         env={"LOG_LEVEL": "info", "REGION": "eu"},
         spill=SpillSpec(to=("peers", "cloud"), max_local_wait_ms=50, cloud_compatible=False),
+        async_policy=AsyncSpec(retries=5, backoff_s=(1.0, 10.0, 60.0), max_age_s=3600.0),
     )
 
 
@@ -139,6 +151,44 @@ def test_builtin_defaults_apply_without_a_defaults_block(parse: Parse) -> None:
         cloud_compatible=defaults.SPILL_CLOUD_COMPATIBLE,
     )
     assert spec.spill == SpillSpec(("peers", "cloud"), 100, False)
+    assert spec.async_policy == AsyncSpec(
+        retries=defaults.ASYNC_RETRIES,
+        backoff_s=defaults.ASYNC_BACKOFF_S,
+        max_age_s=defaults.ASYNC_MAX_AGE_S,
+    )
+    assert spec.async_policy == AsyncSpec(2, (1.0, 10.0, 60.0), 21600.0)
+
+
+def test_async_merges_key_by_key_over_the_defaults_block(parse: Parse) -> None:
+    text = """\
+        version: 1
+        defaults:
+          async: {retries: 0, backoff_s: [5]}
+        functions:
+          motion:
+            handler: functions/motion/handler.py:handle
+            async: {max_age_s: 60}
+          echo:
+            handler: functions/echo/handler.py:handle
+            async:
+              retries: 10
+              backoff_s: [1, 2, 4, 8]
+          plain:
+            handler: functions/echo/handler.py:handle
+    """
+    functions = parse(text).functions
+    assert functions["motion"].async_policy == AsyncSpec(0, (5.0,), 60.0)
+    assert functions["echo"].async_policy == AsyncSpec(10, (1.0, 2.0, 4.0, 8.0), 21600.0)
+    assert functions["plain"].async_policy == AsyncSpec(0, (5.0,), 21600.0)
+
+
+def test_a_trigger_is_not_async_unless_it_says_so(parse: Parse) -> None:
+    body = "triggers:\n  - http: {path: /a}\n  - http: {path: /b, methods: [GET], async: true}\n"
+    spec = parse(with_function(body)).functions["echo"]
+    assert spec.triggers == (
+        HttpTrigger("/a", ("POST",), is_async=False),
+        HttpTrigger("/b", ("GET",), is_async=True),
+    )
 
 
 def test_a_function_can_pin_itself_to_its_node(parse: Parse) -> None:
@@ -240,6 +290,30 @@ def test_a_spill_message_word_for_word(parse: Parse) -> None:
     assert str(error) == (
         'functions.yaml: functions.cam.spill.to[1]: expected one of peers, cloud, got "edge"'
         " (line 7)"
+    )
+
+
+def test_an_async_message_word_for_word(parse: Parse) -> None:
+    text = with_function("memory_mb: 256\ntimeout_s: 5\nasync:\n  retries: -1\n", name="motion")
+    assert str(error_of(parse, text)) == (
+        "functions.yaml: functions.motion.async.retries: expected an integer from 0 to 10,"
+        " got -1 (line 8)"
+    )
+
+
+def test_a_backoff_in_a_block_list_reports_its_own_line(parse: Parse) -> None:
+    error = error_of(parse, with_function("async:\n  backoff_s:\n    - 1\n    - 0\n"))
+    assert str(error) == (
+        "functions.yaml: functions.echo.async.backoff_s[1]: expected a number > 0 and ≤ 604800"
+        " (7 days), got 0 (line 8)"
+    )
+
+
+def test_an_async_trigger_flag_must_be_a_boolean(parse: Parse) -> None:
+    body = "triggers:\n  - http: {path: /a}\n  - http:\n      path: /b\n      async: yes please\n"
+    assert str(error_of(parse, with_function(body))) == (
+        "functions.yaml: functions.echo.triggers[1].http.async: expected true or false,"
+        ' got "yes please" (line 9)'
     )
 
 
@@ -379,6 +453,27 @@ def test_deep_nesting_is_an_error_not_a_crash(parse: Parse) -> None:
             "defaults.spill.max_local_wait",
             'did you mean "max_local_wait_ms"?',
         ),
+        (with_function("asynch: {}"), "functions.echo.asynch", 'did you mean "async"?'),
+        (
+            with_function("async: {retry: 1}"),
+            "functions.echo.async.retry",
+            'did you mean "retries"?',
+        ),
+        (
+            with_function("async: {colour: red}"),
+            "functions.echo.async.colour",
+            'unknown key "colour"; expected one of retries, backoff_s, max_age_s',
+        ),
+        (
+            "version: 1\ndefaults: {async: {max_age: 3}}\n",
+            "defaults.async.max_age",
+            'did you mean "max_age_s"?',
+        ),
+        (
+            with_function("triggers: [{http: {path: /a, asynch: true}}]"),
+            "functions.echo.triggers[0].http.asynch",
+            'did you mean "async"?',
+        ),
         (
             "version: 1\ndefaults: {timeout: 3}\n",
             "defaults.timeout",
@@ -447,6 +542,29 @@ def test_unknown_key_reports_its_own_line(parse: Parse) -> None:
         ("spill: {cloud_compatible: 1}", "spill.cloud_compatible", "expected true or false, got 1"),
         ('spill: {cloud_compatible: "true"}', "spill.cloud_compatible", 'or false, got "true"'),
         ("spill: {cloud_compatible: null}", "spill.cloud_compatible", "or false, got null"),
+        ("async: []", "async", "expected a mapping, got a list"),
+        ("async: true", "async", "expected a mapping, got true"),
+        ("async: {retries: -1}", "async.retries", "expected an integer from 0 to 10, got -1"),
+        ("async: {retries: 11}", "async.retries", "expected an integer from 0 to 10, got 11"),
+        ("async: {retries: 1.5}", "async.retries", "from 0 to 10, got 1.5"),
+        ("async: {retries: true}", "async.retries", "from 0 to 10, got true"),
+        ('async: {retries: "2"}', "async.retries", 'from 0 to 10, got "2"'),
+        (
+            "async: {backoff_s: 10}",
+            "async.backoff_s",
+            "expected a list of 1 to 10 numbers of seconds, one per retry, got 10",
+        ),
+        ("async: {backoff_s: []}", "async.backoff_s", "1 to 10 numbers of seconds, one per retry"),
+        ("async: {backoff_s: [1,1,1,1,1,1,1,1,1,1,1]}", "async.backoff_s", "got a list"),
+        ("async: {backoff_s: null}", "async.backoff_s", "one per retry, got null"),
+        ("async: {backoff_s: [1, -1]}", "async.backoff_s[1]", "a number > 0 and ≤ 604800"),
+        ("async: {backoff_s: [.nan]}", "async.backoff_s[0]", "a number > 0 and ≤ 604800"),
+        ("async: {backoff_s: [1m]}", "async.backoff_s[0]", 'got "1m"'),
+        ("async: {backoff_s: [[1]]}", "async.backoff_s[0]", "(7 days), got a list"),
+        ("async: {max_age_s: 0}", "async.max_age_s", "a number > 0 and ≤ 604800 (7 days), got 0"),
+        ("async: {max_age_s: 604801}", "async.max_age_s", "(7 days), got 604801"),
+        ("async: {max_age_s: .inf}", "async.max_age_s", "a number > 0 and ≤ 604800"),
+        ("async: {max_age_s: false}", "async.max_age_s", "(7 days), got false"),
         ("env: [A]", "env", "expected a mapping, got a list"),
         ("env: {A: null}", "env.A", "expected a string, number or boolean, got null"),
         ("env: {A: [1]}", "env.A", "expected a string, number or boolean, got a list"),
@@ -478,6 +596,17 @@ def test_bad_spill_defaults_are_reported_even_when_every_function_overrides_them
     error = error_of(parse, with_function("spill: {to: []}", head=head))
     assert str(error) == (
         'functions.yaml: defaults.spill.to[1]: expected one of peers, cloud, got "edge" (line 4)'
+    )
+
+
+def test_bad_async_defaults_are_reported_even_when_every_function_overrides_them(
+    parse: Parse,
+) -> None:
+    head = "defaults:\n  async:\n    max_age_s: 604801\n"
+    error = error_of(parse, with_function("async: {max_age_s: 60}", head=head))
+    assert str(error) == (
+        "functions.yaml: defaults.async.max_age_s: expected a number > 0 and ≤ 604800 (7 days),"
+        " got 604801 (line 4)"
     )
 
 
@@ -669,6 +798,7 @@ def test_trigger_shape_errors(parse: Parse, triggers: str, key_path: str, proble
 SCHEMA_WORDS = ["version", "functions", "defaults", "handler", "triggers", "http", "path"]
 SCHEMA_WORDS += ["methods", "pool", "min", "max", "env", "files", "timeout_s", "memory_mb", "A"]
 SCHEMA_WORDS += ["spill", "to", "max_local_wait_ms", "cloud_compatible"]
+SCHEMA_WORDS += ["async", "retries", "backoff_s", "max_age_s"]
 keys = st.sampled_from(SCHEMA_WORDS) | st.text(max_size=8)
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
 leaves = scalars | st.sampled_from(["h.py:handle", "mod:fn", "/echo", "GET", "h.py", 1])
@@ -686,7 +816,17 @@ def around(function: dict[str, object], defaults_block: dict[str, object]) -> ob
 
 
 plausible = {
-    "triggers": st.just([{"http": {"path": "/echo", "methods": ["get"]}}]),
+    "triggers": st.lists(
+        st.fixed_dictionaries(
+            {
+                "http": st.fixed_dictionaries(
+                    {"path": st.just("/echo")},
+                    optional={"methods": st.just(["get"]), "async": scalars},
+                )
+            }
+        ),
+        max_size=1,
+    ),
     "pool": st.dictionaries(st.sampled_from(["min", "max", "concurrency"]), st.integers(0, 9)),
     "spill": st.fixed_dictionaries(
         {},
@@ -694,6 +834,14 @@ plausible = {
             "to": st.lists(st.sampled_from(["peers", "cloud", "edge"]), max_size=3),
             "max_local_wait_ms": st.integers(-1, 500),
             "cloud_compatible": st.booleans() | scalars,
+        },
+    ),
+    "async": st.fixed_dictionaries(
+        {},
+        optional={
+            "retries": st.integers(-1, 11) | scalars,
+            "backoff_s": st.lists(st.floats(-1, 1e6) | scalars, max_size=11) | scalars,
+            "max_age_s": st.floats(-1, 1e6) | st.integers(-1, 10**6) | scalars,
         },
     ),
     "env": st.dictionaries(st.sampled_from(["A", "B_1"]), scalars),

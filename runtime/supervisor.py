@@ -64,6 +64,14 @@ class Supervisor:
 
     async def launch(self, spec: FunctionSpec, digest: str = "") -> WarmPool:
         """Start a pool for ``spec`` (from the bundle ``digest``) without routing calls to it."""
+        for trigger in spec.triggers:
+            if trigger.is_async:  # parsed and shipped already; the RQ path is not built yet
+                log.warning(
+                    "function %s: trigger %s is marked async, but async calls are not "
+                    "available yet: it is served synchronously",
+                    spec.name,
+                    trigger.path,
+                )
         if self.pool_factor != 1:
             sizes = spec.pool
             spec = dataclasses.replace(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from registry.specs import FunctionSpec, HandlerRef, PoolSpec
+from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, PoolSpec
 from runtime.admission import Verdict
 from runtime.errors import CallTimedOut, Overloaded, WorkerCrashed
 from runtime.pool import WarmPool
@@ -119,6 +120,18 @@ async def test_a_call_reaches_a_warm_worker_and_comes_back() -> None:
         result = await call(pool, body=b"hello")
         assert (result.status, result.body, result.outcome) == (200, b"hello", Outcome.OK)
         assert pool.stats.calls == 1
+
+
+async def test_a_trigger_marked_async_is_served_and_the_log_says_it_is_sync(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spec = dataclasses.replace(
+        make_spec("echo"), triggers=(HttpTrigger("/frames", ("POST",), is_async=True),)
+    )
+    async with running(spec) as pool:
+        result = await pool.submit(b"POST", b"/frames", b"", b"", "c1", b"hi").future
+    assert result.body == b"hi"
+    assert "trigger /frames is marked async, but async calls are not available yet" in caplog.text
 
 
 async def test_init_runs_once_per_worker_after_the_fork() -> None:

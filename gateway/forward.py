@@ -71,8 +71,15 @@ class NotRun(Exception):
 
 
 class UpstreamFailed(GatewayError):
+    """The target failed during the call; ``broken`` when the connection did (the target
+    may be down), not when its answer was unusable."""
+
     status = 502
     code = "upstream_failed"
+
+    def __init__(self, message: str, broken: bool = True) -> None:
+        super().__init__(message)
+        self.broken = broken
 
 
 class UpstreamTimedOut(GatewayError):
@@ -125,9 +132,12 @@ class Forwarder:
         *,
         connect_s: float,
         answer_s: float,
+        mesh: bool = True,
     ) -> Forwarded:
         """Send the call; ``target`` names it in errors ("peer edge-2", "the cloud").
-        ``connect_s`` bounds getting a connection, ``answer_s`` the wait for the answer."""
+        ``connect_s`` bounds getting a connection, ``answer_s`` the wait for the answer.
+        Only a node of the mesh (``mesh``) is believed when it says it refused the call: a
+        foreign gateway's answer is passed on as it is."""
         # Built by hand, not with build_request: only what the client sent goes on — no
         # Accept-Encoding or User-Agent of the client library (bodies pass through as they
         # are, never decoded on the way).
@@ -160,12 +170,12 @@ class Forwarder:
             raise UpstreamFailed(f"{target} failed during the call: {_describe(exc)}") from None
         finally:
             await response.aclose()
-        return _answer(target, response, data)
+        return _answer(target, response, data, mesh)
 
 
-def _answer(target: str, response: httpx.Response, data: bytes) -> Forwarded:
+def _answer(target: str, response: httpx.Response, data: bytes, mesh: bool) -> Forwarded:
     raw = response.headers.raw
-    refused = response.headers.get(REFUSED_HEADER.decode())
+    refused = response.headers.get(REFUSED_HEADER.decode()) if mesh else None
     if refused:
         raise NotRun(
             f"{target} refused the call: {_error_message(data)}",
@@ -194,7 +204,8 @@ async def _read_capped(response: httpx.Response, target: str) -> bytes:
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
             raise UpstreamFailed(
-                f"{target} answered with more than {MAX_RESPONSE_BYTES} bytes; not passed on"
+                f"{target} answered with more than {MAX_RESPONSE_BYTES} bytes; not passed on",
+                broken=False,
             )
         chunks.append(chunk)
     return b"".join(chunks)

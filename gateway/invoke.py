@@ -94,7 +94,11 @@ class Invoker:
         except Overloaded as exc:
             status, headers, body = error_response(exc)
             route.reason = exc.reason
-        except (GatewayError, RuntimeFailure) as exc:
+        except GatewayError as exc:
+            status, headers, body = error_response(exc)
+            if route.forwarded:  # refused before it reached a worker: the sender goes on
+                headers.append((REFUSED_HEADER, exc.code.encode()))
+        except RuntimeFailure as exc:
             status, headers, body = error_response(exc)
         except ClientGone:  # nobody to answer; the call did not reach a worker
             route.served_by, route.reason = "none", "client_gone"
@@ -122,6 +126,8 @@ class Invoker:
         given, length, deadline_s, forwarded = self._read_headers(scope["headers"])
         route.call_id = given or route.call_id
         route.forwarded = forwarded
+        if "/." in scope["path"]:
+            _refuse_dot_segments(scope["path"])
         if methods is not None and scope["method"] not in methods:
             raise MethodNotAllowed(
                 f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
@@ -323,6 +329,13 @@ class Refused(Exception):
 
 def _refused_if(forwarded: bool, error: GatewayError) -> Exception:
     return Refused(error, error.code) if forwarded else error
+
+
+def _refuse_dot_segments(path: str) -> None:
+    """A call's path may not step out of it: ``/function/a/../b`` would reach another
+    function (or another route of a gateway it is forwarded to)."""
+    if {".", ".."} & set(path.split("/")):
+        raise BadRequest(f"{path[:200]}: a function's path may not contain . or .. segments")
 
 
 def _raw_target(scope: Scope) -> bytes:

@@ -32,7 +32,15 @@ import httpx
 
 from gateway.breaker import CircuitBreaker
 from gateway.errors import Headers
-from gateway.forward import DIGEST_HEADER, HOP_HEADER, Forwarder, NotRun, forward_headers
+from gateway.forward import (
+    DIGEST_HEADER,
+    HOP_HEADER,
+    Forwarder,
+    NotRun,
+    UpstreamFailed,
+    UpstreamTimedOut,
+    forward_headers,
+)
 from gateway.metrics import Metrics
 from gateway.peers import REFRESH_S, PeerView
 from registry.meshauth import sign_call
@@ -190,11 +198,15 @@ class Router:
             return None
         try:
             return await self._to_peer(pool, call, peer.name, peer.url)
-        except NotRun as exc:
-            if not exc.refused:
+        except NotRun as exc:  # it did not run there: try the next tier
+            if exc.refused in ("", "unauthorized"):  # down, or not of this mesh (key, clock)
                 self.view.mark_down(peer.name)
             notes.append(exc.message)
             return None
+        except (UpstreamTimedOut, UpstreamFailed) as exc:  # it may have run: answer the error
+            if not isinstance(exc, UpstreamFailed) or exc.broken:
+                self.view.mark_down(peer.name)
+            raise
 
     async def _try_cloud(
         self, pool: WarmPool, call: Outgoing, notes: list[str]
@@ -217,10 +229,14 @@ class Router:
             return await self._to_cloud(pool, call, url, member), False
         except NotRun as exc:
             notes.append(exc.message)
-            if exc.refused:
+            if exc.refused not in ("", "unauthorized"):
                 return None, False
             breaker.trip(exc.message)
             return None, True
+        except (UpstreamTimedOut, UpstreamFailed) as exc:  # it may have run: answer the error,
+            if not isinstance(exc, UpstreamFailed) or exc.broken:  # and spare the next calls
+                breaker.trip(exc.message)  # the wait (a cut-off cloud answers nothing)
+            raise
 
     async def _to_peer(self, pool: WarmPool, call: Outgoing, peer: str, url: str) -> Served:
         token = self.view.sent(peer, pool.name)
@@ -239,7 +255,9 @@ class Router:
         else:  # a foreign gateway knows /function/NAME only, not this mesh's trigger paths
             headers = self._plain_headers(call)
             call = dataclasses.replace(call, raw_path=_function_path(call))
-        answer = await self._send("the cloud", url, call, headers, self.cloud_timeout_s, pool)
+        answer = await self._send(
+            "the cloud", url, call, headers, self.cloud_timeout_s, pool, mesh=member is not None
+        )
         return self._served(answer, "cloud", "cloud", call)
 
     async def _send(
@@ -250,6 +268,7 @@ class Router:
         headers: Headers,
         connect_s: float,
         pool: WarmPool,
+        mesh: bool = True,
     ) -> tuple[float, int, Headers, bytes, float | None]:
         started = time.perf_counter()
         answer_s = pool.spec.timeout_s + KILL_GRACE_S + pool.dispatch.max_wait_s + 1.0
@@ -262,6 +281,7 @@ class Router:
             call.body,
             connect_s=connect_s,
             answer_s=answer_s,
+            mesh=mesh,
         )
         elapsed = time.perf_counter() - started
         return elapsed, answer.status, answer.headers, answer.body, answer.remote_s

@@ -124,7 +124,7 @@ def _merge_headers(defaults: RenderedHeaders, extra: Any) -> RenderedHeaders:
                 "outside Latin-1 in its value"
             )
         key = name.lower().encode("latin-1")
-        if key not in GATEWAY_HEADERS:
+        if key not in GATEWAY_HEADERS and not key.startswith(b"x-edgefaas-"):  # mesh's own
             given.append((key, text.encode("latin-1")))
     names = {name for name, _ in given}
     return [h for h in defaults if h[0] not in names] + given

@@ -56,3 +56,12 @@ async def test_a_forwarded_call_for_a_function_not_here_is_refused_so_the_sender
     assert reply.headers["x-edgefaas-refused"] == "not_found"
     plain = await client.post("/function/echo")
     assert plain.status_code == 404 and "x-edgefaas-refused" not in plain.headers
+
+
+@pytest.mark.parametrize(
+    "path", ["/function/echo/%2e%2e/system/info", "/function/echo/%2e/x", "/function/a/%2E%2E"]
+)
+async def test_a_path_with_dot_segments_is_a_400(client: httpx.AsyncClient, path: str) -> None:
+    reply = await client.post(path, content=b"hi")
+    assert reply.status_code == 400
+    assert "may not contain . or .. segments" in reply.json()["error"]["message"]

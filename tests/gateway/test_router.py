@@ -3,6 +3,7 @@ pools (socket-less workers), a real peer view and scripted peers and clouds on 1
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.forward import UpstreamFailed
+from gateway.forward import UpstreamFailed, UpstreamTimedOut
 from gateway.metrics import Metrics
 from gateway.peers import STALE_S, PeerView
 from gateway.router import Outgoing, Router, Served
@@ -304,6 +305,51 @@ async def test_a_call_that_failed_on_a_peer_is_not_sent_to_the_cloud() -> None:
         with pytest.raises(UpstreamFailed, match="peer edge-2 failed during the call"):
             await spill(router, pool)
     assert cloud.received == []
+
+
+async def test_a_peer_that_failed_during_a_call_is_marked_down() -> None:
+    async def die(request: Received, writer: Any) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\npartial")
+        writer.close()
+
+    async with (
+        stub_server(die) as peer,
+        busy_pool() as pool,
+        routing(record("edge-2", peer.url, slots=8)) as router,
+    ):
+        assert router.view.choose("echo", DIGEST) is not None
+        with pytest.raises(UpstreamFailed):
+            await spill(router, pool)
+        assert router.view.choose("echo", DIGEST) is None, "a peer that broke is skipped"
+
+
+async def test_a_cloud_that_times_out_opens_the_breaker() -> None:
+    async def hang(request: Received, writer: Any) -> None:
+        await asyncio.sleep(30)
+
+    async with (
+        stub_server(hang) as cloud,
+        busy_pool(timeout_s=0.1, max_queue_wait_ms=0) as pool,
+        routing(record("cloud-1", cloud.url, role="cloud")) as router,
+    ):
+        with pytest.raises(UpstreamTimedOut):
+            await spill(router, pool)
+        started = time.perf_counter()
+        failure = await refused(router, pool)
+        assert time.perf_counter() - started < 0.5, "the next call does not wait again"
+    assert failure.reason == "cloud_down"
+
+
+async def test_a_foreign_gateway_cannot_claim_it_refused_a_call() -> None:
+    refusing = answer(429, [("X-Edgefaas-Refused", "saturated")], b"busy")
+    async with (
+        stub_server(refusing) as cloud,
+        busy_pool(SpillSpec(cloud_compatible=True)) as pool,
+        routing(cloud_url=cloud.url) as router,
+    ):
+        served = await spill(router, pool)
+    assert (served.status, served.body, served.served_by) == (429, b"busy", "cloud")
+    assert all(not k.startswith(b"x-edgefaas-") for k, _ in served.headers)
 
 
 async def test_no_peer_with_a_free_slot_and_no_cloud_is_a_429() -> None:

@@ -365,6 +365,7 @@ def test_a_forwarded_call_is_never_forwarded_again(mesh: Mesh) -> None:
         trust_env=False,
     )
     assert unsigned.status_code == 401, unsigned.text
+    assert unsigned.headers["x-edgefaas-refused"] == "unauthorized"  # a sender would go on
     # ...while a plain call to the saturated peer is spilled as usual.
     plain = call_once(site.peer, "busy")
     assert plain.ok and plain.served_by in ("peer:edge", "cloud"), plain

@@ -133,6 +133,7 @@ def test_framing_and_gateway_headers_from_the_handler_are_dropped() -> None:
         "Transfer-Encoding": "chunked",
         "X-Served-By": "cloud",
         "X-Call-Id": "forged",
+        "X-Edgefaas-Refused": "saturated",  # would make a sending node run the call again
         "X-Kept": "yes",
     }
     _, headers, _ = render(("body", 200, given))

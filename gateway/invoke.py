@@ -31,7 +31,7 @@ from gateway.errors import (
     internal_error_response,
 )
 from gateway.forward import DIGEST_HEADER, HOP_HEADER, REFUSED_HEADER
-from gateway.router import Outgoing
+from gateway.router import Outgoing, signed_target
 from registry.errors import MeshAuthError
 from registry.meshauth import NONCE_HEADER, ReplayGuard, verify_request
 from runtime.errors import Overloaded, RuntimeFailure, Unavailable
@@ -141,7 +141,7 @@ class Invoker:
         pool = self.pools.get(name, pool)  # a new version may have taken over meanwhile
         headers_in = scope["headers"]
         if forwarded:
-            self._check_forwarded(scope, body, pool)
+            self._check_forwarded(scope, body, pool, route.call_id)
             headers_in = [h for h in headers_in if not h[0].startswith(b"x-edgefaas-")]
         admission, route.reason = self.router.admit(pool, deadline_s, forwarded)
         if admission.admitted:
@@ -171,7 +171,7 @@ class Invoker:
         route.served_by = served.served_by
         return served.status, served.headers, served.body
 
-    def _check_forwarded(self, scope: Scope, body: bytes, pool: WarmPool) -> None:
+    def _check_forwarded(self, scope: Scope, body: bytes, pool: WarmPool, call_id: str) -> None:
         """A call another node forwarded: it must be signed with the mesh key for this
         node, not replayed, and meant for the version that runs here."""
         headers = {
@@ -180,11 +180,12 @@ class Invoker:
             if key.startswith(b"x-edgefaas-")
         }
         mesh = self.node.mesh
+        digest = headers.get(DIGEST_HEADER.decode(), "")
         try:
             verify_request(
                 mesh.mesh_key,
                 scope["method"],
-                _raw_target(scope).decode("latin-1"),
+                signed_target(_raw_target(scope), digest, call_id),
                 headers,
                 self.node.name,
                 body=body,
@@ -192,7 +193,6 @@ class Invoker:
             self.replays.check(headers[NONCE_HEADER])
         except MeshAuthError as exc:
             raise Unauthorized(f"forwarded call refused: {exc}") from None
-        digest = headers.get(DIGEST_HEADER.decode(), "")
         if digest != pool.digest:
             runs = pool.digest[:12] or "a local manifest"
             raise Refused(

@@ -302,9 +302,8 @@ class Router:
         headers = self._plain_headers(call)
         headers.append((HOP_HEADER, self.node.encode()))
         headers.append((DIGEST_HEADER, pool.digest.encode()))
-        signed = sign_call(
-            self.mesh_key, self.node, call.method, call.raw_path.decode("latin-1"), to, call.body
-        )
+        target = signed_target(call.raw_path, pool.digest, call.call_id)
+        signed = sign_call(self.mesh_key, self.node, call.method, target, to, call.body)
         headers.extend((k.encode(), v.encode()) for k, v in signed.items())
         return headers
 
@@ -363,6 +362,12 @@ class Router:
         elif notes:
             message += "; " + "; ".join(notes)
         return Overloaded(message, failure.retry_after_s, reason)
+
+
+def signed_target(raw_path: bytes, digest: str, call_id: str) -> str:
+    """What a forwarded call's signature covers besides method, body and nodes: its path
+    and query, the digest it is meant for, and its call id."""
+    return f"{raw_path.decode('latin-1')}\n{digest}\n{call_id}"
 
 
 def _function_path(call: Outgoing) -> bytes:

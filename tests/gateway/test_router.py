@@ -14,7 +14,7 @@ import pytest
 from gateway.forward import UpstreamFailed, UpstreamTimedOut
 from gateway.metrics import Metrics
 from gateway.peers import STALE_S, PeerView
-from gateway.router import Outgoing, Router, Served
+from gateway.router import Outgoing, Router, Served, signed_target
 from registry.errors import MeshAuthError
 from registry.meshauth import verify_request
 from registry.specs import SpillSpec
@@ -255,10 +255,13 @@ async def test_a_peer_with_a_free_slot_serves_the_call_signed_for_it() -> None:
     mesh = mesh_headers(request)
     assert mesh["x-edgefaas-hop"] == "edge-1"
     assert mesh["x-edgefaas-digest"] == DIGEST
-    path = request.target
+    path = signed_target(request.target.encode(), DIGEST, "call-7")
     assert verify_request(KEY, "POST", path, mesh, "edge-2", body=request.body) == "edge-1"
     with pytest.raises(MeshAuthError):
         verify_request(KEY, "POST", path, mesh, "edge-3", body=request.body)
+    for forged in (signed_target(b"/function/echo?x=1", OTHER, "call-7"), "/function/echo?x=1"):
+        with pytest.raises(MeshAuthError):  # the digest and call id are signed too
+            verify_request(KEY, "POST", forged, mesh, "edge-2", body=request.body)
     assert forward_count == 1
 
 
@@ -276,7 +279,8 @@ async def test_a_peer_that_refuses_is_not_marked_down_and_the_cloud_is_tried() -
     assert len(peer.received) == 1
     (request,) = cloud.received
     mesh = mesh_headers(request)
-    assert verify_request(KEY, "POST", request.target, mesh, "cloud-1", body=request.body)
+    target = signed_target(request.target.encode(), DIGEST, "call-7")
+    assert verify_request(KEY, "POST", target, mesh, "cloud-1", body=request.body)
     assert mesh["x-edgefaas-digest"] == DIGEST
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from gateway.router import signed_target
 from registry.meshauth import sign_call, verify_request
 from tests.conftest import NodeProcess, wait_for
 from tests.integration.mesh_helpers import Mesh, StartNode
@@ -276,7 +277,7 @@ def test_a_peer_with_another_digest_is_never_chosen_and_one_with_the_same_is(
             sender = verify_request(
                 mesh.mesh_key.encode(),
                 request.method,
-                request.path,
+                signed_target(request.path.encode(), digest, request.headers["x-call-id"]),
                 request.headers,
                 "rogue",
                 body=request.body,
@@ -292,10 +293,13 @@ def signed_forward(mesh: Mesh, to: NodeProcess, name: str, digest: str) -> httpx
     and the mesh signature."""
     path = f"/function/{name}"
     body = b"forwarded"
+    call_id = f"signed-{time.monotonic_ns()}"
+    target = signed_target(path.encode(), digest, call_id)
     headers = {
         "X-Edgefaas-Hop": "edge",
         "X-Edgefaas-Digest": digest,
-        **sign_call(mesh.mesh_key.encode(), "edge", "POST", path, "peer", body),
+        "X-Call-Id": call_id,
+        **sign_call(mesh.mesh_key.encode(), "edge", "POST", target, "peer", body),
     }
     return httpx.post(to.url + path, content=body, headers=headers, timeout=10, trust_env=False)
 

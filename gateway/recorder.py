@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -13,9 +14,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from gateway.errors import StartupFailed
 from gateway.peers import Member
-from gateway.records import CallRecords, RecordStream
+from gateway.records import CallRecords
 from gateway.recordstore import RecordStore
+from gateway.recordstream import RecordStream
 from gateway.shipper import RecordShipper
 from registry.meshauth import ReplayGuard
 
@@ -30,20 +33,27 @@ class Recorder:
         self.node = node
         self.cloud = node.settings.role == "cloud"
         self.buffer = CallRecords(node.name, node.settings.records_quota)
-        self.store: RecordStore | None = RecordStore(node.data_dir) if self.cloud else None
+        self.store = RecordStore(node.data_dir, node.name) if self.cloud else None
         self.stream: RecordStream | None = None
         self.shipper: RecordShipper | None = None
         self.nonces = ReplayGuard()  # of the batches received (a cloud node)
         node.metrics.registry.register(RecordsCollector(self))
 
     async def start(self) -> None:
+        """Open the store (a cloud node) or the stream and the shipper (an edge node).
+        Raises :class:`StartupFailed` if the store cannot be opened."""
         if self.store is not None:
-            await asyncio.to_thread(self.store.open)
+            try:
+                await asyncio.to_thread(self.store.open)
+            except (sqlite3.Error, OSError) as exc:
+                raise StartupFailed(
+                    f"cannot open the call record store {self.store.path}: {exc}"
+                ) from exc
             self.buffer.start(self.store)
             return
         mesh = self.node.mesh
         if mesh.redis is None:
-            raise RuntimeError("the mesh agent is not started")
+            raise StartupFailed("call records: the mesh agent is not started")
         quota = self.buffer.quota
         self.stream = RecordStream(mesh.redis, mesh.keys, self.node.name, quota)
         self.buffer.start(self.stream)
@@ -61,6 +71,10 @@ class Recorder:
     def shipped(self) -> int:
         return self.shipper.shipped if self.shipper is not None else 0
 
+    @property
+    def refused(self) -> int:
+        return self.shipper.refused if self.shipper is not None else 0
+
     async def status(self) -> dict[str, Any]:
         buffer = self.buffer
         status: dict[str, Any] = {
@@ -73,7 +87,7 @@ class Recorder:
             "error": buffer.last_error or None,
         }
         if self.store is not None:
-            status["stored"] = await asyncio.to_thread(self.store.count)
+            status["stored"] = self.store.count
             return status
         waiting: int | str = "unknown (Redis unreachable)"
         if self.stream is not None:
@@ -83,6 +97,7 @@ class Recorder:
         status |= {
             "waiting": waiting,
             "shipped": self.shipped,
+            "refused": self.refused,
             "cloud": cloud.name if cloud is not None else None,
             "ship_error": (self.shipper.last_error or None) if self.shipper else None,
         }
@@ -110,8 +125,13 @@ class RecordsCollector(Collector):
             "edgefaas_records_shipped", "Call records the cloud node took from this node."
         )
         shipped.add_metric([], recorder.shipped)
+        refused = CounterMetricFamily(
+            "edgefaas_records_refused",
+            "Call records the cloud node refused for good (400, 413), dropped.",
+        )
+        refused.add_metric([], recorder.refused)
         in_memory = GaugeMetricFamily(
             "edgefaas_records_in_memory", "Call records not yet written to Redis (or the store)."
         )
         in_memory.add_metric([], recorder.buffer.pending)
-        yield from (dropped, shipped, in_memory)
+        yield from (dropped, shipped, refused, in_memory)

@@ -1,15 +1,18 @@
 """Call records: one compact record per call a node answered, kept until the cloud has it.
 
-The call path appends a tuple to a list (about a microsecond). A background task takes the
-list every ``FLUSH_S`` and writes it to the node's sink: on an edge node its Redis stream
-``P:records:NODE`` (:class:`RecordStream`, XADD in one pipeline), which the shipper
-(:mod:`gateway.shipper`) sends to the cloud; on a cloud node the record store itself.
+The call path appends a tuple (a row, in ``ROW_FIELDS`` order) to a list — about a
+microsecond. A background task writes the list out to the node's sink every ``FLUSH_S``, in
+chunks of at most ``CHUNK`` rows, one sink write per chunk: on an edge node the Redis stream
+``P:records:NODE`` (:class:`gateway.recordstream.RecordStream`: one entry per chunk), which
+the shipper (:mod:`gateway.shipper`) sends to the cloud; on a cloud node the record store
+itself. Rows become :class:`Record` dicts only there, when shipped or stored.
 
 A node keeps at most ``quota`` records waiting: when the cloud stays away long enough for
-its stream to fill, the oldest are trimmed. Dropped records are counted
+its stream to fill, the oldest are dropped. Dropped records are counted
 (``edgefaas_records_dropped_total``, ``GET /system/records/status``) and logged once per
 episode — never lost silently. While Redis is unreachable the records wait in memory, under
-the same quota, and are written when it answers again.
+the same quota; the flush then tries one chunk at a time, backing off up to
+``FAILING_MAX_S``, and writes the rest when Redis answers again.
 """
 
 from __future__ import annotations
@@ -19,20 +22,34 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol, TypedDict
 
-from redis.asyncio import Redis
-
 from gateway.errors import BadRequest
-from registry.keys import Keys, text
 
 log = logging.getLogger("edgefaas.records")
 
 FLUSH_S = 0.15  # how often the call path's records are written out
+FAILING_MAX_S = 2.0  # the longest wait between flushes while the sink fails
+CHUNK = 500  # most records in one sink write (one stream entry)
+FLUSH_CHUNKS = 4  # most chunks one flush writes before it lets the loop run again
 CLOSE_WAIT_S = 3.0
 MAX_BATCH = 1000  # most records one POST /system/records may carry
+FUNCTION_CHARS = 128  # longer function names (of calls refused with 404) are cut
 _ID_CHARS = 64
-Pending = tuple[str, str, str, str, str, int, float, int, int, float]
+Row = tuple[str, str, str, str, str, int, float, int, int, float]
+ROW_FIELDS = (
+    "call_id",
+    "function",
+    "digest",
+    "served_by",
+    "reason",
+    "status",
+    "duration_s",
+    "request_bytes",
+    "response_bytes",
+    "at",
+)
 
 
 class Record(TypedDict):
@@ -67,9 +84,26 @@ _TYPES: dict[str, tuple[type, ...]] = {
 FIELDS = tuple(_TYPES)
 
 
+def as_record(node: str, row: Sequence[Any]) -> Record:
+    """The record of one of ``node``'s calls, from its row."""
+    return {
+        "call_id": row[0],
+        "function": row[1],
+        "digest": row[2],
+        "node": node,
+        "served_by": row[3],
+        "reason": row[4],
+        "status": row[5],
+        "duration_s": round(row[6], 6),
+        "request_bytes": row[7],
+        "response_bytes": row[8],
+        "at": round(row[9], 6),
+    }
+
+
 class Sink(Protocol):
-    async def write(self, records: list[Record]) -> int:
-        """Keep ``records``; return how many older ones were dropped to make room."""
+    async def write(self, rows: Sequence[Row]) -> int:
+        """Keep ``rows``; return how many older records were dropped to make room."""
 
 
 class CallRecords:
@@ -82,7 +116,8 @@ class CallRecords:
         self.dropped = 0
         self.written = 0
         self.last_error = ""
-        self._pending: list[Pending] = []
+        self._chunk = min(CHUNK, quota)  # a chunk never holds more than the quota
+        self._pending: list[Row] = []
         self._sink: Sink | None = None
         self._dropping = False
         self._failing = False
@@ -100,10 +135,15 @@ class CallRecords:
         request_bytes: int,
         response_bytes: int,
     ) -> None:
-        """Record one call (the call path: an append, nothing else)."""
+        """Record one call (the call path: an append, and a cut of an overlong name)."""
+        function = function[:FUNCTION_CHARS]
+        if not function.isascii():  # a lone surrogate would not survive UTF-8
+            function = function.encode("utf-8", "replace").decode()
+        if status in (429, 503) and served_by == "local" and reason:
+            served_by = "none"  # refused here, as edgefaas_invocations_total counts it
         self._pending.append(
             (
-                call_id,
+                call_id[:_ID_CHARS],
                 function,
                 digest,
                 served_by,
@@ -126,53 +166,53 @@ class CallRecords:
             self._task = asyncio.get_running_loop().create_task(self._flush_forever())
 
     async def close(self) -> None:
+        """Stop the flush loop, then write what is pending (for up to ``CLOSE_WAIT_S``)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
             self._task = None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush(), CLOSE_WAIT_S)
+            await asyncio.wait_for(self._drain(), CLOSE_WAIT_S)
         if self._pending:
             log.warning("call records: %d not written at shutdown", len(self._pending))
 
-    async def flush(self) -> None:
-        """Write what the call path recorded since the last flush. On failure the records
-        stay in memory (in order), capped by the quota."""
-        if not self._pending or self._sink is None:
-            return
-        batch, self._pending = self._pending, []
-        try:
-            dropped = await self._sink.write([self._record(p) for p in batch])
-        except Exception as exc:  # Redis or disk: keep them and retry on the next flush
-            self._pending = batch + self._pending
-            self._failed(exc)
-            over = max(0, len(self._pending) - self.quota)
+    async def flush(self) -> int:
+        """Write up to ``FLUSH_CHUNKS`` chunks of the oldest pending records, letting the
+        loop run between them; return how many records were written. A chunk that fails
+        (the pass ends there) or whose write is cancelled goes back in front, in order —
+        a cancelled write may have reached Redis, so it may be written twice (the cloud
+        stores a record once). Beyond the quota, the oldest pending records are dropped."""
+        written = 0
+        for _ in range(FLUSH_CHUNKS):
+            if not self._pending or self._sink is None:
+                break
+            if written:
+                await asyncio.sleep(0)
+            chunk = self._pending[: self._chunk]
+            del self._pending[: self._chunk]
+            try:
+                dropped = await self._sink.write(chunk)
+            except Exception as exc:  # Redis or disk: keep them and retry later
+                self._pending[:0] = chunk
+                self._failed(exc)
+                break
+            except BaseException:  # cancelled: keep them for close()
+                self._pending[:0] = chunk
+                raise
+            self._written(len(chunk))
+            self._drop(dropped)
+            written += len(chunk)
+        over = len(self._pending) - self.quota
+        if over > 0:
             del self._pending[:over]
             self._drop(over)
-            return
-        if self._failing:
-            log.info("call records: written again (%d waited)", len(batch))
-            self._failing = False
-        self.written += len(batch)
-        self._drop(dropped)
+        return written
 
-    def _record(self, pending: Pending) -> Record:
-        served_by = pending[3]
-        if pending[5] in (429, 503) and served_by == "local" and pending[4]:
-            served_by = "none"  # refused here, as edgefaas_invocations_total counts it
-        return {
-            "call_id": pending[0],
-            "function": pending[1],
-            "digest": pending[2],
-            "node": self.node,
-            "served_by": served_by,
-            "reason": pending[4],
-            "status": pending[5],
-            "duration_s": round(pending[6], 6),
-            "request_bytes": pending[7],
-            "response_bytes": pending[8],
-            "at": round(pending[9], 6),
-        }
+    def _written(self, count: int) -> None:
+        self.written += count
+        if self._failing:
+            log.info("call records: written again (%d wait in memory)", len(self._pending))
+            self._failing = False
 
     def _drop(self, count: int) -> None:
         """Count ``count`` records dropped over the quota (0: the episode, if any, ends)."""
@@ -197,61 +237,22 @@ class CallRecords:
             self._failing = True
             log.warning("call records: %s; they wait in memory and are retried", self.last_error)
 
+    async def _drain(self) -> None:
+        while self._pending and await self.flush():
+            pass
+
     async def _flush_forever(self) -> None:
+        delay = FLUSH_S
         while True:
-            await asyncio.sleep(FLUSH_S)
+            await asyncio.sleep(delay)
             try:
                 await self.flush()
             except Exception:  # never let the flush loop die silently
                 log.exception("flushing call records failed")
-
-
-class RecordStream:
-    """An edge node's records in Redis, waiting for the cloud: the stream, capped at
-    ``quota`` entries, and the id of the last entry the cloud took."""
-
-    def __init__(self, redis: Redis, keys: Keys, node: str, quota: int) -> None:
-        self.redis = redis
-        self.key = keys.records(node)
-        self.cursor_key = keys.records_shipped(node)
-        self.quota = quota
-
-    async def write(self, records: list[Record]) -> int:
-        """Append ``records``; trim the oldest over the quota and return how many."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for record in records:
-                pipe.xadd(self.key, {"r": json.dumps(record, separators=(",", ":"))})
-            pipe.xtrim(self.key, maxlen=self.quota, approximate=False)
-            replies = await pipe.execute()
-        return int(replies[-1])
-
-    async def read(self, count: int) -> tuple[str, list[Record]]:
-        """Up to ``count`` records after the last one shipped, and the id of the last one
-        read ("" when there is none). Entries that are not records are skipped (logged)."""
-        cursor = await self.redis.get(self.cursor_key)
-        start = f"({text(cursor)}" if cursor else "-"
-        entries = await self.redis.xrange(self.key, min=start, max="+", count=count)
-        records = []
-        last = ""
-        for entry_id, fields in entries or []:
-            last = text(entry_id or b"")
-            try:
-                raw = (fields or {})[b"r"]
-                records.append(check_record(json.loads(raw), f"stream entry {last}"))
-            except (KeyError, ValueError, BadRequest) as exc:
-                log.warning("call records: skipping stream entry %s of %s: %s", last, self.key, exc)
-        return last, records
-
-    async def shipped(self, last_id: str) -> None:
-        """The cloud took every entry up to ``last_id``: move the cursor, trim them."""
-        millis, _, seq = last_id.partition("-")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.cursor_key, last_id)
-            pipe.xtrim(self.key, minid=f"{millis}-{int(seq or 0) + 1}", approximate=False)
-            await pipe.execute()
-
-    async def length(self) -> int:
-        return int(await self.redis.xlen(self.key))
+            if self._failing:
+                delay = min(FAILING_MAX_S, max(delay, FLUSH_S) * 2)
+            else:  # more than a chunk left: the loop is behind, so go on at once
+                delay = 0 if len(self._pending) >= self._chunk else FLUSH_S
 
 
 def check_record(value: Any, where: str) -> Record:
@@ -269,6 +270,8 @@ def check_record(value: Any, where: str) -> Record:
             raise BadRequest(f"{where}.{name}: expected {kinds[0].__name__}, got {field!r:.40}")
     if not 0 < len(value["call_id"]) <= _ID_CHARS:
         raise BadRequest(f"{where}.call_id: expected 1–{_ID_CHARS} characters")
+    if len(value["function"]) > FUNCTION_CHARS:
+        raise BadRequest(f"{where}.function: expected at most {FUNCTION_CHARS} characters")
     record: Record = value  # type: ignore[assignment]
     return record
 

@@ -28,6 +28,7 @@ from registry.errors import MeshAuthError
 from registry.meshauth import NONCE_HEADER, verify_request
 
 MAX_BATCH_BYTES = 2 * 1024 * 1024
+MAX_NUMBER = 2**63 - 1  # SQLite's largest integer
 
 
 def _store(request: Request) -> RecordStore:
@@ -76,9 +77,9 @@ async def list_records(request: Request) -> Response:
     unknown = sorted(set(query) - {"function", "node", "since", "after", "limit"})
     if unknown:
         raise BadRequest(f"?{unknown[0]}: unknown; filter by function, node, since, after, limit")
-    since = _number(query.get("since"), "since") if "since" in query else None
-    after = int(_number(query.get("after", "0"), "after", whole=True))
-    limit = int(_number(query.get("limit", "1000"), "limit", whole=True))
+    since = _time(query["since"], "since") if "since" in query else None
+    after = _whole(query.get("after", "0"), "after")
+    limit = _whole(query.get("limit", "1000"), "limit")
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"?limit: expected 1 to {MAX_LIMIT}, got {limit}")
     records = await asyncio.to_thread(
@@ -118,14 +119,19 @@ def _verify(request: Request, body: bytes) -> str:
     return sender
 
 
-def _number(value: str | None, name: str, *, whole: bool = False) -> float:
+def _whole(value: str, name: str) -> int:
+    if value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= MAX_NUMBER:
+        return int(value)
+    raise BadRequest(f"?{name}: expected a whole number from 0 to {MAX_NUMBER}, got {value!r:.40}")
+
+
+def _time(value: str, name: str) -> float:
     try:
-        number = float(value or "")
+        number = float(value)
     except ValueError:
         number = math.nan
-    if not math.isfinite(number) or number < 0 or (whole and not number.is_integer()):
-        kind = "a whole number ≥ 0" if whole else "a number ≥ 0 (Unix time)"
-        raise BadRequest(f"?{name}: expected {kind}, got {value!r:.40}")
+    if not 0 <= number <= MAX_NUMBER:  # also refuses nan
+        raise BadRequest(f"?{name}: expected a Unix time ≥ 0, got {value!r:.40}")
     return number
 
 

@@ -3,8 +3,9 @@
 
 A record is kept once per (node, call id): the shippers deliver at least once, and a batch
 sent again after a lost answer changes nothing. Records keep the order they arrived in
-(``seq``), which per node is the order its calls were answered. The methods block; the
-gateway calls them through ``asyncio.to_thread``.
+(``seq``), which per node is the order its calls were answered. The store counts its
+records as it adds them (:attr:`RecordStore.count`). The methods block; the gateway calls
+them through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.records import FIELDS, Record
+from gateway.records import FIELDS, Record, Row, as_record
 
 FILE = "records.sqlite3"
 MAX_LIMIT = 10_000
@@ -47,10 +49,12 @@ _INSERT = (  # built from the fixed column names only
 
 class RecordStore:
     """Open with :meth:`open`, close with :meth:`close`; one connection, used by one thread
-    at a time."""
+    at a time. ``node`` is the cloud node's name (its own records are written here)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, node: str) -> None:
         self.path = data_dir / FILE
+        self.node = node
+        self.count = 0  # records held (counted once at open, then as they are added)
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -60,6 +64,7 @@ class RecordStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # a batch answered 200 survives a power cut
         db.executescript(_SCHEMA)
+        self.count = int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
         self._db = db
 
     def close(self) -> None:
@@ -80,12 +85,17 @@ class RecordStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-            return db.total_changes - before
+            new = db.total_changes - before
+            self.count += new
+            return new
 
-    async def write(self, records: list[Record]) -> int:
+    async def write(self, rows: Sequence[Row]) -> int:
         """The cloud node's own records (its sink): stored at once, nothing dropped."""
-        await asyncio.to_thread(self.add, records)
+        await asyncio.to_thread(self._add_rows, rows)
         return 0
+
+    def _add_rows(self, rows: Sequence[Row]) -> None:
+        self.add([as_record(self.node, row) for row in rows])
 
     def query(
         self,
@@ -118,11 +128,6 @@ class RecordStore:
             cursor = self._require().execute(sql, args)
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-    def count(self) -> int:
-        with self._lock:
-            row = self._require().execute("SELECT COUNT(*) FROM records").fetchone()
-        return int(row[0])
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:

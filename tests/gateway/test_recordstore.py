@@ -27,7 +27,7 @@ def record(call_id: str, node: str = "edge", function: str = "echo", at: float =
 
 
 def test_a_batch_delivered_twice_is_stored_once(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path)
+    store = RecordStore(tmp_path, "cloud")
     store.open()
     batch = [record("a"), record("b")]
 
@@ -35,12 +35,12 @@ def test_a_batch_delivered_twice_is_stored_once(tmp_path: Path) -> None:
     assert store.add([*batch, record("c")]) == 1
     assert store.add([record("a", node="other")]) == 1  # another node's call "a"
 
-    assert store.count() == 4
+    assert store.count == 4
     store.close()
 
 
 def test_records_come_back_in_arrival_order_filtered_and_paged(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path)
+    store = RecordStore(tmp_path, "cloud")
     store.open()
     store.add([record("a", at=1.0), record("b", function="ocr", at=2.0), record("c", at=3.0)])
     store.add([record("x", node="other", at=4.0)])
@@ -57,12 +57,12 @@ def test_records_come_back_in_arrival_order_filtered_and_paged(tmp_path: Path) -
 
 
 def test_the_records_survive_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path)
+    store = RecordStore(tmp_path, "cloud")
     store.open()
     store.add([record("a")])
     store.close()
 
-    again = RecordStore(tmp_path)
+    again = RecordStore(tmp_path, "cloud")
     again.open()
     assert again.add([record("a"), record("b")]) == 1
     assert [r["call_id"] for r in again.query()] == ["a", "b"]

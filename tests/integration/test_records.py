@@ -2,7 +2,8 @@
 node sharing a real Redis. Calls on the edge reach the cloud's record store; while the cloud
 is stopped the edge keeps serving and its records wait in its Redis stream; when the cloud
 comes back (same data dir) every record arrives once, in order. Over the quota, the oldest
-are dropped — and counted."""
+are dropped, whole stream entries at a time — and counted. A node that cannot open its
+record store says so in one line and exits 3."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import httpx
 import pytest
 import redis
 
-from registry.keys import Keys
 from tests.conftest import NodeProcess, wait_for
 from tests.integration.mesh_helpers import Mesh, StartNode, admin_get, write_function
 from tests.integration.test_mesh import new_mesh
@@ -84,15 +84,18 @@ def test_records_wait_while_the_cloud_is_stopped_then_arrive_once_in_order(
     assert first["response_bytes"] > 0 and len(first["digest"]) == 64
     refused = admin_get(edge, "/system/records")
     assert refused.status_code == 404 and "stored on the cloud node" in refused.text
+    for query in ("after=1e300", "after=99999999999999999999", "limit=1.5", "since=1e300"):
+        bad = admin_get(cloud, f"/system/records?{query}")
+        assert bad.status_code == 400 and query.split("=")[0] in bad.text, (query, bad.text)
 
     cloud.kill_group()
     during = [f"during-{i}" for i in range(20)]
     for call_id in during:
         assert call(edge, call_id).headers["x-served-by"] == "local"
-    stream_key = Keys(mesh.prefix).records("edge")
+    count_key = f"{mesh.prefix}:records-count:edge"  # the stream's count of its records
     client = redis.Redis.from_url(redis_url)
     try:
-        wait_for(lambda: client.xlen(stream_key) >= 20, DELIVERY_S, 0.1, "records buffered")
+        wait_for(lambda: int(client.get(count_key) or 0) >= 20, DELIVERY_S, 0.1, "buffered")
     finally:
         client.close()
     waiting = status(edge)
@@ -133,12 +136,29 @@ def test_over_the_quota_the_oldest_records_are_dropped_and_counted(mesh: Mesh) -
 
     wait_for(all_written, DELIVERY_S, 0.1, "the records to be written")
     current = status(edge)
-    assert current["waiting"] == 5 and current["cloud"] is None, current
-    assert current["dropped"] == current["written"] - 5, current
+    waiting = current["waiting"]  # whole entries (of at most 5 here) are dropped
+    assert 0 < waiting <= 5 and current["cloud"] is None, current
+    assert current["dropped"] == current["written"] - waiting, current
     metrics = httpx.get(edge.url + "/metrics", timeout=10).text
     assert f"edgefaas_records_dropped_total {float(current['dropped'])}" in metrics
     assert "call records:" in edge.log() and "dropped" in edge.log()
 
     cloud = start_cloud(mesh)
-    wait_for(lambda: len(stored(cloud, "edge")) == 5, DELIVERY_S, 0.1, "the 5 kept records")
-    assert [r["call_id"] for r in stored(cloud, "edge")] == calls[-5:]
+    wait_for(lambda: len(stored(cloud, "edge")) == waiting, DELIVERY_S, 0.1, "the kept records")
+    assert [r["call_id"] for r in stored(cloud, "edge")] == calls[-waiting:]
+
+
+def test_a_cloud_node_that_cannot_open_its_record_store_exits_3_saying_why(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "bad-data"
+    (data_dir / "records.sqlite3").mkdir(parents=True)  # not a database file
+
+    cloud = mesh.start(
+        None, "--node", "cloud", "--role", "cloud", "--data-dir", str(data_dir), wait=False
+    )
+
+    assert cloud.process.wait(timeout=30) == 3, cloud.log()
+    line = next(text for text in cloud.log().splitlines() if "record store" in text)
+    assert str(data_dir / "records.sqlite3") in line and "unable to open" in line, cloud.log()
+    assert "Traceback" not in cloud.log()

@@ -204,6 +204,17 @@ class Reconciler:
             self._failed(entry, exc)
             self.on_change()
             return
+        if not self._still_current(entry):
+            # Cancelled for a newer version, but the cancellation was lost on the way (a
+            # Redis call's timeout can swallow it): routing this pool now would switch the
+            # function back to an older version after the newer one took over.
+            log.info(
+                "function %s: version %d is no longer wanted; not switching to it",
+                entry.name,
+                entry.version,
+            )
+            await self.supervisor.discard(pool)
+            return
         old = self.supervisor.pools.get(entry.name)
         if problem and old is not None and _healthy(old):
             await self.supervisor.discard(pool)
@@ -228,6 +239,17 @@ class Reconciler:
             entry.version,
             entry.digest[:12],
             (time.monotonic() - started) * 1000,
+        )
+
+    def _still_current(self, entry: DesiredEntry) -> bool:
+        """Whether the running task is still the switch wanted for ``entry``'s function."""
+        task = asyncio.current_task()
+        switch = self._switching.get(entry.name)
+        return (
+            task is not None
+            and not task.cancelling()
+            and switch is not None
+            and switch.task is task
         )
 
     def _failed(self, entry: DesiredEntry, exc: BaseException, retry: bool = False) -> None:

@@ -19,6 +19,8 @@ from starlette.types import Receive, Scope, Send
 from gateway import admin, mesh_api, records_api
 from gateway.errors import GatewayError, error_response, internal_error_response
 from gateway.invoke import Invoker
+from gateway.jobs import routes as job_routes
+from gateway.jobs.accept import Acceptor
 from gateway.node import Node
 from runtime.errors import RuntimeFailure
 from runtime.responses import error_body
@@ -34,6 +36,12 @@ FUNCTION_PATHS = {
     "/function/{name}/{rest}": {
         "summary": "Call a function with a sub-path (the handler sees /{rest})",
     },
+    "/async-function/{name}": {
+        "summary": "Call a function asynchronously: 202 and X-Call-Id at once",
+        "description": "Optional X-Callback-Url (checked against --callback-allow), "
+        "X-Call-Id (1-64 of A-Z a-z 0-9 _ -; the same id twice is one call) and "
+        "X-Idempotency-Key (passed to the function; default: the call id).",
+    },
 }
 
 
@@ -46,6 +54,7 @@ class Gateway:
     def __init__(self, node: Node, app: Starlette) -> None:
         self.app = app
         self.invoke = Invoker(node)
+        self.accept = Acceptor(node.async_calls, self.invoke)
         self.triggers = node.supervisor.triggers  # updated in place as versions switch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -56,9 +65,15 @@ class Gateway:
                 if name:
                     await self.invoke(scope, receive, send, name, "/" + rest)
                     return
+            elif path.startswith("/async-function/") and scope["method"] != "DELETE":
+                name, _, rest = path[16:].partition("/")
+                if name:
+                    await self.accept(scope, receive, send, name, "/" + rest)
+                    return
             trigger = self.triggers.get(path)
             if trigger is not None:
-                await self.invoke(scope, receive, send, trigger[0], path, trigger[1])
+                serve = self.accept if trigger[2] else self.invoke
+                await serve(scope, receive, send, trigger[0], path, trigger[1])
                 return
         await self.app(scope, receive, send)
 
@@ -74,7 +89,12 @@ def create_app(node: Node) -> Gateway:
         finally:
             await node.close()
 
-    routes: list[BaseRoute] = [*admin.routes(), *mesh_api.routes(), *records_api.routes()]
+    routes: list[BaseRoute] = [
+        *admin.routes(),
+        *mesh_api.routes(),
+        *records_api.routes(),
+        *job_routes.routes(),
+    ]
     schema = SchemaGenerator(
         {"openapi": "3.0.0", "info": {"title": "edgefaas gateway", "version": "1"}}
     )

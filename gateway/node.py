@@ -18,6 +18,7 @@ from typing import Any
 from gateway.auth import load_or_create_token, token_path
 from gateway.calllog import CallLog
 from gateway.invoke import CallIds
+from gateway.jobs.service import AsyncCalls
 from gateway.mesh import MeshAgent, load_or_create_secret, load_or_create_signing_key
 from gateway.metrics import Metrics
 from gateway.peers import PeerView
@@ -58,6 +59,7 @@ class Node:
         self.call_ids = CallIds()
         self.call_log = CallLog() if settings.call_log else None
         self.recorder = Recorder(self)
+        self.async_calls = AsyncCalls(self)
         self.admin_token = ""
         self.started_at = 0.0
         self._mesh: MeshAgent | None = None
@@ -90,6 +92,9 @@ class Node:
         self._mesh = self._mesh_agent()
         self.router.mesh_key = self._mesh.mesh_key
         await self._mesh.start(self.manifest, self.record)
+        redis = self._mesh.redis
+        assert redis is not None  # connected (or degraded, retrying) after start
+        await self.async_calls.start(redis, self._mesh.redis_url, self.settings.key_prefix)
         self.router.start()
         await self.recorder.start()
 
@@ -103,6 +108,7 @@ class Node:
         """Leave the mesh, then stop every pool (graceful unless ``force``)."""
         if self._mesh is not None and not self._closed:
             self._closed = True
+            await self.async_calls.close(force)  # lets runs in flight settle, in Redis
             await self.recorder.close()  # a last flush, to the mesh's Redis
             await self.router.view.close()  # it reads the mesh's Redis
             await self._mesh.close()

@@ -72,6 +72,7 @@ class WarmPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting: asyncio.Task[None] | None = None
         self._hard_timeout_s = spec.timeout_s + KILL_GRACE_S
+        self.slot_freed = asyncio.Event()  # set when a worker takes its next call or starts
 
     @property
     def workers(self) -> dict[int, WorkerLink]:
@@ -282,6 +283,7 @@ class WarmPool:
             self.observer.worker_spawned(self.name, spawn_s)
         self.failures = 0
         self.dispatch.release(link)
+        self.slot_freed.set()
 
     def on_worker_init_failed(self, link: WorkerLink, message: str, trace: str) -> None:
         link.failure_reported = True
@@ -296,6 +298,7 @@ class WarmPool:
             self.observer.cold_start(self.name, time.perf_counter() - call.queued_at)
         if link.phase is WorkerPhase.SERVING:
             self.dispatch.release(link)
+            self.slot_freed.set()
         elif link.phase is WorkerPhase.DRAINING and not link.calls:
             link.close()
 
@@ -358,6 +361,31 @@ class WarmPool:
         zygote = self.zygote
         how = await zygote.wait_exit() if zygote is not None else "is gone"
         self._start_failed(f"its zygote process {how}")
+
+    # ---------------------------------------------------------------- async calls
+
+    def spare_slots(self) -> int:
+        """How many asynchronous calls may start now without delaying a sync call: none
+        while sync calls wait in the queue, else the free slots of serving workers (with
+        one pipelined call each while calls are short, as for sync calls)."""
+        dispatch = self.dispatch
+        if dispatch.queue or self.state is not PoolState.RUNNING:
+            return 0
+        depth = dispatch.depth()
+        return sum(
+            max(0, depth - len(w.calls))
+            for w in dispatch.links.values()
+            if w.phase is WorkerPhase.SERVING
+        )
+
+    def grow(self) -> None:
+        """Asynchronous calls wait and no slot is spare: start one more worker, within
+        ``max``, unless one is starting already (it retires when idle, like any other)."""
+        if self.state is not PoolState.RUNNING or self.zygote is None or not self.zygote.alive:
+            return
+        live = self._live()
+        if len(live) < self.max and all(w.phase is WorkerPhase.SERVING for w in live):
+            self._spawn()
 
     # ---------------------------------------------------------------- scaling
 

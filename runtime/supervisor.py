@@ -23,7 +23,7 @@ from runtime.states import PoolState
 
 log = logging.getLogger("edgefaas.runtime")
 
-Trigger = tuple[str, tuple[str, ...]]  # function name, methods
+Trigger = tuple[str, tuple[str, ...], bool]  # function name, methods, async
 
 
 class Supervisor:
@@ -64,14 +64,6 @@ class Supervisor:
 
     async def launch(self, spec: FunctionSpec, digest: str = "") -> WarmPool:
         """Start a pool for ``spec`` (from the bundle ``digest``) without routing calls to it."""
-        for trigger in spec.triggers:
-            if trigger.is_async:  # parsed and shipped already; the RQ path is not built yet
-                log.warning(
-                    "function %s: trigger %s is marked async, but async calls are not "
-                    "available yet: it is served synchronously",
-                    spec.name,
-                    trigger.path,
-                )
         if self.pool_factor != 1:
             sizes = spec.pool
             spec = dataclasses.replace(
@@ -143,7 +135,7 @@ class Supervisor:
 
     def _update_triggers(self) -> None:
         table = {
-            trigger.path: (pool.name, trigger.methods)
+            trigger.path: (pool.name, trigger.methods, trigger.is_async)
             for pool in self.pools.values()
             for trigger in pool.spec.triggers
         }

@@ -122,18 +122,6 @@ async def test_a_call_reaches_a_warm_worker_and_comes_back() -> None:
         assert pool.stats.calls == 1
 
 
-async def test_a_trigger_marked_async_is_served_and_the_log_says_it_is_sync(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    spec = dataclasses.replace(
-        make_spec("echo"), triggers=(HttpTrigger("/frames", ("POST",), is_async=True),)
-    )
-    async with running(spec) as pool:
-        result = await pool.submit(b"POST", b"/frames", b"", b"", "c1", b"hi").future
-    assert result.body == b"hi"
-    assert "trigger /frames is marked async, but async calls are not available yet" in caplog.text
-
-
 async def test_init_runs_once_per_worker_after_the_fork() -> None:
     async with running(make_spec("whoami", min=1, max=1)) as pool:
         first = await call(pool)

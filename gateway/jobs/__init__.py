@@ -1,0 +1,11 @@
+"""Asynchronous calls on RQ: accepted with 202, kept in Redis as RQ jobs, run by the warm
+workers of any node that runs the function, retried, dead-lettered, never lost.
+
+- :mod:`gateway.jobs.layout` — RQ's key names and the job hash's fields;
+- :mod:`gateway.jobs.scripts` — the Lua scripts that move a job between states atomically;
+- :mod:`gateway.jobs.store` — :class:`JobStore`, the async Python face of those scripts;
+- :mod:`gateway.jobs.consumer` — one function's consumer on one node;
+- :mod:`gateway.jobs.service` — the node's consumers, leases, reaper and RQ worker records;
+- :mod:`gateway.jobs.accept` — ``/async-function/{name}`` and async triggers;
+- :mod:`gateway.jobs.routes` — the admin routes (call status, cancel, dead letters).
+"""

@@ -1,0 +1,133 @@
+"""One function's consumer on one node: takes queued calls of the function while the
+node's workers for it have spare slots, and shows itself to RQ's tools as an RQ worker.
+
+Arbitration with sync calls: a consumer claims only as many jobs as
+:meth:`~runtime.pool.WarmPool.spare_slots` says — none while a sync call waits in the
+pool's queue, else the free slots of serving workers. So asynchronous calls fill idle
+capacity and never queue ahead of a sync call. When jobs keep coming and no slot is spare,
+it asks the pool for one more worker (within ``pool.max``); idle workers retire as usual.
+A node whose workers are busy claims nothing, so its peers drain the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from gateway.jobs import layout
+
+if TYPE_CHECKING:
+    from gateway.jobs.service import AsyncCalls
+
+log = logging.getLogger("edgefaas.jobs")
+
+MOST_CLAIMED = 32  # jobs taken in one round trip
+WAIT_S = 1.0  # one blocking wait for the queue (the loop then looks at its flags again)
+SLOT_WAIT_S = 1.0
+RETRY_S = 1.0  # after a Redis error
+WORKER_TTL_S = 10  # an RQ worker record outlives its last heartbeat by this much
+RQ_VERSION = version("rq")
+
+
+class Consumer:
+    """Claims jobs of ``function`` for this node; see the module's docstring."""
+
+    def __init__(self, calls: AsyncCalls, function: str, boot: str) -> None:
+        self.calls = calls
+        self.function = function
+        self.queue = calls.store.queue(function)
+        self.worker = f"{calls.node_name}.{function}.{boot}"
+        self.key = layout.WORKER_PREFIX + self.worker
+        self.birth = layout.rq_time()
+        self.done = 0
+        self.failed = 0
+        self.busy_s = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        calls = self.calls
+        backlog = False
+        while not calls.closing:
+            pool = calls.pools.get(self.function)
+            if pool is None:
+                return
+            spare = pool.spare_slots()
+            try:
+                if spare <= 0:
+                    if backlog:
+                        pool.grow()
+                    pool.slot_freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(pool.slot_freed.wait(), SLOT_WAIT_S)
+                    continue
+                count = min(spare, MOST_CLAIMED)
+                runs = await calls.store.claim(self.function, count, self.worker, calls.node_name)
+                backlog = len(runs) == count
+                if not runs:
+                    await calls.store.wait(self.function, WAIT_S)
+                    continue
+                for run in runs:
+                    calls.execute(pool, run, self)
+            except RedisError as exc:
+                if not calls.closing:
+                    log.warning("async calls of %s: Redis: %s; retrying", self.function, exc)
+                    await asyncio.sleep(RETRY_S)
+
+    # ------------------------------------------------------------ RQ's view of it
+
+    def record(self, busy: bool) -> dict[Any, Any]:
+        """The fields of an RQ worker record (what ``rq info`` reads)."""
+        return {
+            "name": self.worker,
+            "queues": self.queue,
+            "state": "busy" if busy else "idle",
+            "birth": self.birth,
+            "last_heartbeat": layout.rq_time(),
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "version": RQ_VERSION,
+            "python_version": sys.version,
+            "successful_job_count": self.done,
+            "failed_job_count": self.failed,
+            "total_working_time": round(self.busy_s, 6),
+        }
+
+    def counted(self, ok: bool, seconds: float) -> None:
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+        self.busy_s += seconds
+
+
+def heartbeat(pipe: Pipeline, consumer: Consumer, busy: bool) -> None:
+    """Queue the commands that keep ``consumer``'s RQ worker record alive on ``pipe``."""
+    pipe.hset(consumer.key, mapping=consumer.record(busy))
+    pipe.expire(consumer.key, WORKER_TTL_S)
+    pipe.sadd(layout.WORKERS, consumer.key)
+    pipe.sadd(layout.workers_of(consumer.queue), consumer.key)
+
+
+def farewell(pipe: Pipeline, consumer: Consumer) -> None:
+    """Queue the commands that remove ``consumer``'s RQ worker record."""
+    pipe.srem(layout.WORKERS, consumer.key)
+    pipe.srem(layout.workers_of(consumer.queue), consumer.key)
+    pipe.delete(consumer.key)

@@ -1,0 +1,100 @@
+"""Where asynchronous calls live in Redis: RQ's own keys, so that ``rq info`` and
+rq-dashboard show edgefaas's queues, jobs and workers as they show any RQ deployment.
+
+==============================  =========================================================
+key                             holds
+==============================  =========================================================
+``rq:queues``                   set of queue keys (RQ's list of queues)
+``rq:queue:Q``                  list of job ids waiting, oldest first (Q = ``PREFIX.NAME``)
+``rq:job:ID``                   the job: RQ's fields and the call's (``ef_*``, below)
+``rq:wip:Q``                    RQ's StartedJobRegistry: ``ID:TOKEN`` → far-future score
+``rq:scheduled:Q``              jobs waiting for a retry: ID → when (epoch seconds)
+``rq:finished:Q``               finished jobs: ID → when their result expires
+``rq:failed:Q``                 dead letters: ID → when they expire
+``rq:canceled:Q``               canceled jobs: ID → when they expire
+``rq:worker:W``                 an RQ worker record per (node, function) consumer
+``rq:workers``, ``rq:workers:Q``  sets of worker keys
+``PREFIX:lease:ID``             the run's token while a node runs it (expires in seconds)
+==============================  =========================================================
+
+A queue is named ``PREFIX.NAME`` (the mesh's key prefix and the function name), so two
+meshes sharing one Redis keep their queues apart and ``rq info`` names both parts.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import zlib
+from datetime import UTC, datetime
+from functools import lru_cache
+
+RQ = "rq"
+QUEUES = f"{RQ}:queues"
+JOB_PREFIX = f"{RQ}:job:"
+WORKER_PREFIX = f"{RQ}:worker:"
+WORKERS = f"{RQ}:workers"
+
+# RQ reads a started job's registry score as the time its run expires and "cleans up" older
+# entries whenever someone counts the registry (rq info does). Runs here are watched by
+# leases instead, so the score is far ahead: RQ's own clean-up never touches them.
+WIP_SCORE_AHEAD_S = 30 * 24 * 3600
+
+# Fields of the call in the job hash, besides RQ's.
+CALL_FIELDS = (
+    "ef_fn",  # function name
+    "ef_m",  # method
+    "ef_p",  # path the handler sees
+    "ef_q",  # query string
+    "ef_h",  # header block, as the runtime's protocol carries it
+    "ef_b",  # body
+    "ef_cb",  # callback URL, or ""
+    "ef_idem",  # idempotency key
+    "ef_age_from",  # when max_age_s counts from (acceptance, or the last redrive)
+)
+
+
+def queue_name(prefix: str, function: str) -> str:
+    return f"{prefix}.{function}"
+
+
+def queue_key(queue: str) -> str:
+    return f"{RQ}:queue:{queue}"
+
+
+def job_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def registry_key(kind: str, queue: str) -> str:
+    """``kind``: wip, scheduled, finished, failed or canceled."""
+    return f"{RQ}:{kind}:{queue}"
+
+
+def lease_prefix(prefix: str) -> str:
+    return f"{prefix}:lease:"
+
+
+def workers_of(queue: str) -> str:
+    return f"{RQ}:workers:{queue}"
+
+
+def rq_time(at: float | None = None) -> str:
+    """A time as RQ writes it (``utcformat``)."""
+    moment = datetime.fromtimestamp(time.time() if at is None else at, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@lru_cache(maxsize=256)
+def job_data(function: str) -> bytes:
+    """RQ's ``data`` field: the zlib-compressed pickle of (func_name, instance, args,
+    kwargs). Only plain strings are pickled here, and nothing here ever unpickles it: the
+    call itself travels in the ``ef_*`` fields."""
+    call: tuple[str, None, tuple[str], dict[str, str]] = ("edgefaas.call", None, (function,), {})
+    return zlib.compress(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def shown_status(status: str) -> str:
+    """A job's RQ status as edgefaas shows it: a retry waiting is *failed*, a dead letter
+    (RQ's *failed*) is *dead*."""
+    return {"scheduled": "failed", "failed": "dead"}.get(status, status)

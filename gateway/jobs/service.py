@@ -1,0 +1,261 @@
+"""A node's part in asynchronous calls: a :class:`~gateway.jobs.consumer.Consumer` per
+function it runs, the runs in flight, and a once-a-second round that
+
+- renews the leases of this node's runs (a lease lapses ``LEASE_MS`` after its node stops
+  renewing it — the only sign of a node killed mid-run that needs no clock agreement);
+- reaps runs of its functions whose lease lapsed, on any node: their jobs go back to the
+  head of the queue and run on whichever node is free (``MOST_LOST_RUNS`` lost runs in a
+  row make a dead letter);
+- moves retries that are due to their queues;
+- keeps the consumers' RQ worker records alive.
+
+How a run ends: an answer with status < 500 finishes the call; ≥ 500 (a handler's error,
+a crash, a timeout) is a failed run, retried after the function's ``async.backoff_s`` while
+``async.retries`` and ``async.max_age_s`` allow, else a dead letter. A run that never
+reached a worker (the pool was stopping, or a sync burst kept it waiting past
+``max_queue_wait_ms``) goes back to its queue uncounted. On the call's final outcome the
+caller's callback URL, if any, gets the function's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.callbacks import CallbackPolicy, CallbackSender
+from gateway.errors import error_response
+from gateway.jobs.consumer import Consumer, farewell, heartbeat
+from gateway.jobs.store import JobStore, Outcome, Run
+from runtime.errors import Overloaded, RuntimeFailure, Unavailable
+from runtime.event import parse_header_block
+
+if TYPE_CHECKING:
+    from gateway.node import Node
+    from runtime.pool import WarmPool
+
+log = logging.getLogger("edgefaas.jobs")
+
+ROUND_S = 1.0
+BLOCKING_TIMEOUT_S = 5.0  # socket timeout of the blocking client (> a wait)
+ERROR_PREVIEW = 300  # bytes of a failed answer's body kept as its error
+
+
+class AsyncCalls:
+    """Use as: ``await start(redis_url)`` once the mesh is connected; ``await close()``
+    before the mesh's Redis closes (it waits for runs in flight, at most ``grace_s``)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.node_name = node.name
+        self.pools = node.supervisor.pools
+        self.records = node.recorder.buffer
+        self.policy = CallbackPolicy(node.settings.callback_allow)
+        self.sender: CallbackSender | None = None
+        self.grace_s = node.settings.grace_s
+        self.boot = os.urandom(3).hex()
+        self.closing = False
+        self._store: JobStore | None = None
+        self._blocking: Redis | None = None
+        self.consumers: dict[str, Consumer] = {}
+        self.running: dict[str, Run] = {}  # job id → this node's run of it
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._round: asyncio.Task[None] | None = None
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            raise RuntimeError("asynchronous calls are not started")
+        return self._store
+
+    async def start(self, redis: Redis, redis_url: str, prefix: str) -> None:
+        self._blocking = Redis.from_url(
+            redis_url, socket_timeout=BLOCKING_TIMEOUT_S, socket_connect_timeout=2.0
+        )
+        self._store = JobStore(redis, self._blocking, prefix)
+        self.sender = CallbackSender(self.policy)
+        self._round = asyncio.get_running_loop().create_task(self._rounds())
+
+    async def close(self, force: bool = False) -> None:
+        """Stop claiming, let the runs in flight settle (unless ``force``), leave RQ."""
+        if self.closing:
+            return
+        self.closing = True
+        for consumer in self.consumers.values():
+            await consumer.stop()
+        if self._tasks and not force:
+            _, left = await asyncio.wait(set(self._tasks), timeout=self.grace_s or None)
+            if left:
+                log.warning(
+                    "%d async call(s) still running at close: run again elsewhere", len(left)
+                )
+        if self._round is not None:
+            self._round.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._round
+        if self._store is not None:
+            with contextlib.suppress(RedisError, OSError):
+                async with self._store.redis.pipeline(transaction=False) as pipe:
+                    for consumer in self.consumers.values():
+                        farewell(pipe, consumer)
+                    await pipe.execute()
+        if self.sender is not None:
+            await self.sender.close()
+        if self._blocking is not None:
+            await self._blocking.aclose()
+
+    # ------------------------------------------------------------------ runs
+
+    def execute(self, pool: WarmPool, run: Run, consumer: Consumer) -> None:
+        """Run ``run`` on ``pool`` in the background."""
+        self.running[run.job_id] = run
+        task = asyncio.get_running_loop().create_task(self._execute(pool, run, consumer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, pool: WarmPool, run: Run, consumer: Consumer) -> None:
+        started = time.perf_counter()
+        try:
+            policy = pool.spec.async_policy
+            if time.time() - run.age_from > policy.max_age_s:
+                error = f"older than its max_age_s ({policy.max_age_s:g} s): not run again"
+                await self._settle(pool, run, Outcome(0, b"", b"", 0.0, error), consumer)
+                return
+            call = pool.submit(run.method, run.path, run.query, run.headers, run.job_id, run.body)
+            try:
+                result = await call.future
+            except (Overloaded, Unavailable):  # it never reached a worker
+                await self.store.requeue(run)
+                return
+            except RuntimeFailure as exc:
+                status, headers, body = error_response(exc)
+                outcome = Outcome(status, _block(headers), body, time.perf_counter() - started)
+            else:
+                outcome = Outcome(
+                    result.status, result.headers, result.body, time.perf_counter() - started
+                )
+            if outcome.status >= 500:
+                preview = outcome.body[:ERROR_PREVIEW].decode("utf-8", "replace")
+                outcome = Outcome(
+                    outcome.status,
+                    outcome.headers,
+                    outcome.body,
+                    outcome.duration_s,
+                    f"answered {outcome.status}: {preview}",
+                )
+            await self._settle(pool, run, outcome, consumer)
+        except RedisError as exc:  # the lease lapses and another run takes the job
+            log.warning("async call %s of %s: Redis: %s", run.job_id, run.function, exc)
+        finally:
+            self.running.pop(run.job_id, None)
+
+    async def _settle(self, pool: WarmPool, run: Run, outcome: Outcome, consumer: Consumer) -> None:
+        policy = pool.spec.async_policy
+        failed = bool(outcome.error)
+        final = True
+        if not failed:
+            kept = await self.store.finish(run, outcome)
+            result = "finished"
+        else:
+            retry = run.attempt  # the retry this would be (1 for the first)
+            wait_s = policy.backoff_before(retry) if run.retries_left > 0 else 0.0
+            at = time.time() + wait_s
+            if run.retries_left > 0 and at - run.age_from <= policy.max_age_s:
+                kept = await self.store.retry(run, outcome, at)
+                result, final = "retry", False
+            else:
+                kept = await self.store.bury(run, outcome)
+                result = "dead"
+        consumer.counted(not failed, outcome.duration_s)
+        call_id = run.job_id if run.attempt == 1 else f"{run.job_id}.{run.attempt}"
+        self.records.add(
+            call_id,
+            run.function,
+            pool.digest,
+            "async",
+            result,
+            outcome.status,
+            outcome.duration_s,
+            len(run.body),
+            len(outcome.body),
+        )
+        if not kept:
+            log.warning(
+                "async call %s of %s: run %d ended (%s) after the job was taken from it",
+                run.job_id,
+                run.function,
+                run.attempt,
+                result,
+            )
+        elif final and run.callback_url:
+            self.callback(run.callback_url, run.job_id, run.function, outcome)
+
+    def callback(self, url: str, job_id: str, function: str, outcome: Outcome) -> None:
+        if self.sender is None:
+            return
+        content_type = ""
+        for name, value in parse_header_block(outcome.headers):
+            if name.lower() == "content-type":
+                content_type = value
+        status = outcome.status or 500
+        self.sender.submit(
+            url, job_id, function, status, outcome.duration_s, outcome.body, content_type
+        )
+
+    # ------------------------------------------------------------------ rounds
+
+    async def _rounds(self) -> None:
+        while not self.closing:
+            try:
+                await self._round_once()
+            except RedisError as exc:
+                log.debug("async calls round: Redis: %s", exc)
+            except Exception:
+                log.exception("async calls round failed")
+            await asyncio.sleep(ROUND_S)
+
+    async def _round_once(self) -> None:
+        for name in self.pools:
+            if name not in self.consumers:
+                consumer = Consumer(self, name, self.boot)
+                self.consumers[name] = consumer
+                consumer.start()
+        store = self.store
+        gone = [name for name in self.consumers if name not in self.pools]
+        if gone:
+            async with store.redis.pipeline(transaction=False) as pipe:
+                for name in gone:
+                    consumer = self.consumers.pop(name)
+                    await consumer.stop()
+                    farewell(pipe, consumer)
+                await pipe.execute()
+        for run in await store.renew(list(self.running.values())):
+            log.warning("async call %s: this node's lease on it lapsed", run.job_id)
+        busy = {run.function for run in self.running.values()}
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for consumer in self.consumers.values():
+                heartbeat(pipe, consumer, consumer.function in busy)
+            await pipe.execute()
+        for name in list(self.consumers):
+            await store.promote(name)
+            for job_id, state in await store.reap(name):
+                log.warning("async call %s of %s: its node was lost; %s", job_id, name, state)
+                if state == "dead":
+                    await self._dead_callback(job_id, name)
+
+    async def _dead_callback(self, job_id: str, function: str) -> None:
+        job = await self.store.get(job_id)
+        url = job.get("ef_cb", b"").decode() if job else ""
+        if url and job is not None:
+            error = job.get("ef_error", b"").decode()
+            self.callback(url, job_id, function, Outcome(502, b"", error.encode(), 0.0, error))
+
+
+def _block(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"\n".join(name + b":" + value for name, value in headers)

@@ -1,0 +1,353 @@
+"""The job store: each step of an asynchronous call's life as one Redis round trip (a Lua
+script from :mod:`gateway.jobs.scripts`), over the mesh's Redis.
+
+States, as RQ names them in the job's ``status`` field, and as ``GET /system/calls`` shows
+them: ``queued``; ``started`` (a node runs it, holding its lease); ``finished``;
+``scheduled`` (a run failed and a retry waits: shown as *failed*); ``failed`` (retries or
+age exhausted — a dead letter in RQ's failed registry: shown as *dead*); ``canceled``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.jobs import layout, scripts
+
+RESULT_TTL_S = 24 * 3600  # a finished call's result is kept this long
+DEAD_TTL_S = 7 * 24 * 3600  # a dead letter (and a canceled call) is kept this long
+LEASE_MS = 4000  # a run's lease: renewed every second, lapses 4 s after its node stops
+MOST_LOST_RUNS = 5  # a job whose node was lost that many runs in a row becomes dead
+
+
+@dataclass(frozen=True)
+class NewCall:
+    """What ``/async-function`` accepted."""
+
+    job_id: str
+    function: str
+    method: bytes
+    path: bytes
+    query: bytes
+    headers: bytes
+    body: bytes
+    callback_url: str
+    idempotency_key: str
+    retries: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Run:
+    """One claimed run of a job: the call, its token and how many runs it has had."""
+
+    job_id: str
+    token: str
+    attempt: int
+    function: str
+    method: bytes
+    path: bytes
+    query: bytes
+    headers: bytes
+    body: bytes
+    callback_url: str
+    idempotency_key: str
+    age_from: float
+    retries_left: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: the function's answer (or the runtime's error as one)."""
+
+    status: int
+    headers: bytes
+    body: bytes
+    duration_s: float
+    error: str = ""  # set when the run failed
+
+
+class JobStore:
+    """Asynchronous calls of one mesh (key ``prefix``) in the Redis ``redis``; blocking
+    waits use ``blocking``, a client of their own (a blocked connection serves nothing
+    else)."""
+
+    def __init__(self, redis: Redis, blocking: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.blocking = blocking
+        self.prefix = prefix
+        self.leases = layout.lease_prefix(prefix)
+        self._accept = redis.register_script(scripts.ACCEPT)
+        self._claim = redis.register_script(scripts.CLAIM)
+        self._settle = redis.register_script(scripts.SETTLE)
+        self._requeue = redis.register_script(scripts.REQUEUE)
+        self._renew = redis.register_script(scripts.RENEW)
+        self._reap = redis.register_script(scripts.REAP)
+        self._promote = redis.register_script(scripts.PROMOTE)
+        self._cancel = redis.register_script(scripts.CANCEL)
+        self._redrive = redis.register_script(scripts.REDRIVE)
+
+    def queue(self, function: str) -> str:
+        return layout.queue_name(self.prefix, function)
+
+    def queue_key(self, function: str) -> str:
+        return layout.queue_key(self.queue(function))
+
+    def registry(self, kind: str, function: str) -> str:
+        return layout.registry_key(kind, self.queue(function))
+
+    # ------------------------------------------------------------------ steps
+
+    async def accept(self, call: NewCall) -> str | None:
+        """Enqueue ``call``; None when it is new, else the status of the job that already
+        has its id (the same call sent twice is one job)."""
+        now = time.time()
+        stamp = layout.rq_time(now)
+        queue = self.queue(call.function)
+        fields: list[Any] = [
+            "status", "queued",
+            "origin", queue,
+            "created_at", stamp,
+            "enqueued_at", stamp,
+            "data", layout.job_data(call.function),
+            "description", f"edgefaas call to {call.function}",
+            "timeout", max(1, int(call.timeout_s + 0.999)),
+            "result_ttl", RESULT_TTL_S,
+            "failure_ttl", DEAD_TTL_S,
+            "retries_left", call.retries,
+            "worker_name", "",
+            "started_at", "",
+            "ended_at", "",
+            "ef_fn", call.function,
+            "ef_m", call.method,
+            "ef_p", call.path,
+            "ef_q", call.query,
+            "ef_h", call.headers,
+            "ef_b", call.body,
+            "ef_cb", call.callback_url,
+            "ef_idem", call.idempotency_key,
+            "ef_created", repr(now),
+            "ef_age_from", repr(now),
+            "ef_attempts", 0,
+        ]  # fmt: skip
+        keys = [layout.job_key(call.job_id), layout.queue_key(queue), layout.QUEUES]
+        answer = await self._accept(keys=keys, args=[call.job_id, *fields])
+        return None if answer == 1 else _text(answer)
+
+    async def claim(self, function: str, count: int, worker: str, node: str) -> list[Run]:
+        """Take up to ``count`` queued jobs of ``function`` for this node to run now."""
+        now = time.time()
+        queue = self.queue(function)
+        args: list[Any] = [
+            count,
+            layout.JOB_PREFIX,
+            self.leases,
+            LEASE_MS,
+            worker,
+            node,
+            layout.rq_time(now),
+            repr(now),
+            int(now + layout.WIP_SCORE_AHEAD_S),
+            os.urandom(6).hex() + "-",
+        ]
+        keys = [layout.queue_key(queue), layout.registry_key("wip", queue)]
+        rows = await self._claim(keys=keys, args=args)
+        return [_run(row) for row in rows]
+
+    async def finish(self, run: Run, outcome: Outcome) -> bool:
+        """The run answered: its result is kept ``RESULT_TTL_S``. False if the job was no
+        longer this run's (see :data:`scripts.SETTLE`)."""
+        now = time.time()
+        return await self._settle_as(
+            run, "finished", now + RESULT_TTL_S, RESULT_TTL_S, "finished", now, outcome
+        )
+
+    async def retry(self, run: Run, outcome: Outcome, at: float) -> bool:
+        """The run failed; run it again at ``at`` (epoch seconds)."""
+        return await self._settle_as(
+            run,
+            "scheduled",
+            at,
+            0,
+            "scheduled",
+            time.time(),
+            outcome,
+            "retries_left", max(0, run.retries_left - 1),
+            "ef_retry_at", repr(at),
+        )  # fmt: skip
+
+    async def bury(self, run: Run, outcome: Outcome) -> bool:
+        """The run failed and the job is not run again: a dead letter."""
+        now = time.time()
+        return await self._settle_as(
+            run,
+            "failed",
+            now + DEAD_TTL_S,
+            DEAD_TTL_S,
+            "failed",
+            now,
+            outcome,
+            "exc_info", zlib.compress(outcome.error.encode()),
+        )  # fmt: skip
+
+    async def requeue(self, run: Run) -> bool:
+        """The run never reached a worker: back to the head of the queue, uncounted."""
+        queue = self.queue(run.function)
+        keys = [
+            layout.job_key(run.job_id),
+            layout.registry_key("wip", queue),
+            layout.queue_key(queue),
+            self.leases + run.job_id,
+        ]
+        return bool(await self._requeue(keys=keys, args=[run.job_id, run.token]))
+
+    async def renew(self, runs: list[Run]) -> list[Run]:
+        """Extend the leases of ``runs``; return those whose lease is no longer theirs."""
+        if not runs:
+            return []
+        keys = [self.leases + run.job_id for run in runs]
+        lost = await self._renew(keys=keys, args=[LEASE_MS, *(run.token for run in runs)])
+        return [runs[int(i) - 1] for i in lost]
+
+    async def reap(self, function: str) -> list[tuple[str, str]]:
+        """Runs of ``function`` whose lease lapsed: requeued, or dead after
+        ``MOST_LOST_RUNS``; returns (job id, 'queued' | 'dead') pairs."""
+        now = time.time()
+        queue = self.queue(function)
+        keys = [
+            layout.registry_key("wip", queue),
+            layout.queue_key(queue),
+            layout.registry_key("failed", queue),
+        ]
+        args: list[Any] = [
+            layout.JOB_PREFIX,
+            self.leases,
+            MOST_LOST_RUNS,
+            layout.rq_time(now),
+            now + DEAD_TTL_S,
+            DEAD_TTL_S,
+            repr(now),
+        ]
+        flat = [_text(item) for item in await self._reap(keys=keys, args=args)]
+        return list(zip(flat[::2], flat[1::2], strict=True))
+
+    async def promote(self, function: str) -> int:
+        """Move the retries of ``function`` that are due to its queue."""
+        now = time.time()
+        queue = self.queue(function)
+        keys = [layout.registry_key("scheduled", queue), layout.queue_key(queue)]
+        args: list[Any] = [layout.JOB_PREFIX, repr(now), layout.rq_time(now)]
+        return int(await self._promote(keys=keys, args=args))
+
+    async def cancel(self, job_id: str) -> str:
+        """'canceled', 'missing', or the status of a job that can no longer be canceled."""
+        now = time.time()
+        args: list[Any] = [
+            job_id,
+            layout.rq_time(now),
+            repr(now),
+            now + DEAD_TTL_S,
+            DEAD_TTL_S,
+            layout.RQ,
+        ]
+        return _text(await self._cancel(keys=[layout.job_key(job_id)], args=args))
+
+    async def redrive(self, function: str, retries: int, job_ids: list[str]) -> int:
+        """Put dead letters of ``function`` (all, or ``job_ids``) back in its queue."""
+        now = time.time()
+        keys = [self.registry("failed", function), self.queue_key(function)]
+        args: list[Any] = [layout.JOB_PREFIX, retries, layout.rq_time(now), repr(now), *job_ids]
+        return int(await self._redrive(keys=keys, args=args))
+
+    # ------------------------------------------------------------------ reading
+
+    async def get(self, job_id: str) -> dict[str, bytes] | None:
+        raw: dict[Any, Any] = await self.redis.hgetall(layout.job_key(job_id))
+        return {_text(k): v for k, v in raw.items()} if raw else None
+
+    async def dead_letters(self, function: str, limit: int) -> list[dict[str, Any]]:
+        """The oldest ``limit`` dead letters of ``function``, with their fields."""
+        ids: list[Any] = await self.redis.zrange(self.registry("failed", function), 0, limit - 1)
+        if not ids:
+            return []
+        fields = ("ef_fn", "ef_attempts", "ef_error", "ef_ended", "ef_created")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(layout.JOB_PREFIX + _text(job_id), fields)
+            rows = await pipe.execute()
+        return [
+            {"id": job_id, **{f: v or b"" for f, v in zip(fields, row, strict=True)}}
+            for job_id, row in zip(ids, rows, strict=True)
+            if row[0] is not None
+        ]
+
+    async def dead_count(self, function: str) -> int:
+        return int(await self.redis.zcard(self.registry("failed", function)))
+
+    async def wait(self, function: str, timeout_s: float) -> bool:
+        """Block until the queue of ``function`` has a job (True) or ``timeout_s`` passes.
+        ``BLMOVE q q`` moves the head to where it was: it only waits."""
+        key = self.queue_key(function)
+        moved = await self.blocking.blmove(key, key, max(1, int(timeout_s)), "LEFT", "LEFT")
+        return moved is not None
+
+    async def _settle_as(
+        self,
+        run: Run,
+        registry: str,
+        score: float,
+        ttl_s: int,
+        status: str,
+        now: float,
+        outcome: Outcome,
+        *extra: Any,
+    ) -> bool:
+        queue = self.queue(run.function)
+        keys = [
+            layout.job_key(run.job_id),
+            layout.registry_key("wip", queue),
+            layout.registry_key(registry, queue),
+            self.leases + run.job_id,
+            layout.queue_key(queue),
+        ]
+        fields = [
+            "status", status,
+            "ended_at", layout.rq_time(now),
+            "ef_ended", repr(now),
+            "ef_code", outcome.status,
+            "ef_rh", outcome.headers,
+            "ef_rb", outcome.body,
+            "ef_dur", repr(outcome.duration_s),
+            "ef_error", outcome.error,
+            *extra,
+        ]  # fmt: skip
+        args: list[Any] = [run.job_id, run.token, score, ttl_s, *fields]
+        return bool(await self._settle(keys=keys, args=args))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _run(row: list[Any]) -> Run:
+    job_id, token, attempt, fn, method, path, query, headers, body, cb, idem, age, retries = row
+    return Run(
+        job_id=_text(job_id),
+        token=_text(token),
+        attempt=int(attempt),
+        function=_text(fn),
+        method=method,
+        path=path,
+        query=query,
+        headers=headers,
+        body=body,
+        callback_url=_text(cb),
+        idempotency_key=_text(idem),
+        age_from=float(age or 0),
+        retries_left=int(retries or 0),
+    )

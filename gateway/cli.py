@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("rm", "remove a function from the mesh"),
             ("rollback", "deploy an earlier version of a function again"),
             ("nodes", "list the live nodes of the mesh"),
+            ("dead-letters", "list async calls that exhausted their retries; --redrive them"),
             ("keys", "manage bundle signing keys"),
             ("mesh", "run a local mesh of nodes"),
             ("settings", "print the settings table (markdown)"),
@@ -50,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub["invoke"].add_argument("--data", "-d", help="body: TEXT, @FILE, or - for stdin")
     sub["invoke"].add_argument("--method", "-X", default="POST")
     sub["invoke"].add_argument("--header", "-H", action="append", default=[], metavar="NAME:VALUE")
-    for name in ("ls", "nodes"):
+    sub["dead-letters"].add_argument("name", nargs="?", help="one function (default: all)")
+    sub["dead-letters"].add_argument(
+        "--redrive", action="store_true", help="put NAME's dead letters back in its queue"
+    )
+    for name in ("ls", "nodes", "dead-letters"):
         sub[name].add_argument("--json", action="store_true", help="print JSON, not a table")
     sub["scale"].add_argument("name")
     sub["scale"].add_argument("--replicas", type=int)
@@ -142,6 +147,17 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
 def _nodes(args: argparse.Namespace, settings: Settings) -> int:
     mesh = client.nodes(settings)
     print(client.dumps(mesh) if args.json else client.format_nodes(mesh))
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    if args.redrive:
+        if not args.name:
+            raise UsageError("dead-letters --redrive: name the function whose calls to redrive")
+        print(client.dumps(client.redrive(settings, args.name)))
+        return 0
+    letters = client.dead_letters(settings, args.name)
+    print(client.dumps(letters) if args.json else client.format_dead_letters(letters))
     return 0
 
 
@@ -257,6 +273,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "invoke": _invoke,
     "ls": _ls,
     "nodes": _nodes,
+    "dead-letters": _dead_letters,
     "scale": _scale,
     "deploy": _deploy,
     "rm": _rm,

@@ -130,6 +130,39 @@ def rollback(settings: Settings, name: str, to_version: int | None) -> dict[str,
     return result
 
 
+def dead_letters(settings: Settings, name: str | None) -> dict[str, Any]:
+    path = f"/system/dead-letters/{name}" if name else "/system/dead-letters"
+    result: dict[str, Any] = check(request(settings, "GET", path, admin=True)).json()
+    return result
+
+
+def redrive(settings: Settings, name: str) -> dict[str, Any]:
+    path = f"/system/dead-letters/{name}/redrive"
+    result: dict[str, Any] = check(request(settings, "POST", path, admin=True)).json()
+    return result
+
+
+def format_dead_letters(letters: dict[str, Any]) -> str:
+    """``edgefaas dead-letters`` output: one row per dead letter, oldest first."""
+    rows = [("CALL ID", "FUNCTION", "FAILED", "ATTEMPTS", "LAST ERROR")]
+    for letter in letters.get("dead_letters", []):
+        failed = letter.get("failed_at")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(failed)) if failed else "-"
+        error = " ".join(str(letter.get("last_error") or "").split())
+        rows.append(
+            (
+                letter["call_id"],
+                letter["function"],
+                when,
+                str(letter.get("attempts", 0)),
+                error[:100],
+            )
+        )
+    shown = len(rows) - 1
+    total = letters.get("count", shown)
+    return _columns(rows) + (f"\n{shown} of {total} shown" if total > shown else "")
+
+
 def format_nodes(mesh: dict[str, Any]) -> str:
     """``edgefaas nodes`` output: one row per live node."""
     header = ("NODE", "ROLE", "STATE", "URL", "FUNCTIONS", "BUSY/READY", "QUEUE", "HEARTBEAT")

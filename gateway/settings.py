@@ -24,7 +24,7 @@ from gateway.errors import SettingsError
 from runtime.protocol import MAX_FRAME_BYTES
 
 UP = ("up",)
-CLIENT = ("invoke", "ls", "scale", "nodes", "deploy", "rm", "rollback")
+CLIENT = ("invoke", "ls", "scale", "nodes", "deploy", "rm", "rollback", "dead-letters")
 ENV_PREFIX = "EDGEFAAS_"
 MiB = 1024 * 1024
 MAX_BODY_BYTES = MAX_FRAME_BYTES // 2  # a body must fit in one worker frame, with headroom

@@ -245,7 +245,8 @@ def test_markdown_table_rows() -> None:
     assert len(lines) == 2 + len(declared())
     assert "| `--port` | `EDGEFAAS_PORT` | `8080` | up | port the gateway listens on |" in lines
     assert (
-        "| — | `EDGEFAAS_ADMIN_TOKEN` | — | up, invoke, ls, scale, nodes, deploy, rm, rollback | "
+        "| — | `EDGEFAAS_ADMIN_TOKEN` | — | up, invoke, ls, scale, nodes, deploy, rm, rollback, "
+        "dead-letters | "
         "admin API token (default: generated and kept in DATA_DIR) |"
     ) in lines
 

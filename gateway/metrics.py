@@ -128,6 +128,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._async_runs = Counter(
+            "edgefaas_async_runs",
+            "Runs of asynchronous calls on this node, by function and how they ended "
+            "(finished, retry, dead).",
+            ["function", "outcome"],
+            registry=self.registry,
+        )
+        self._async_seconds = Histogram(
+            "edgefaas_async_run_seconds",
+            "Time a run of an asynchronous call took on this node, by function.",
+            ["function"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def watch_pools(self, snapshot: Snapshot) -> None:
@@ -151,6 +165,10 @@ class Metrics:
 
     def observe_forward(self, tier: str, seconds: float) -> None:
         self._forward.labels(tier).observe(seconds)
+
+    def observe_async_run(self, function: str, outcome: str, seconds: float) -> None:
+        self._async_runs.labels(function, outcome).inc()
+        self._async_seconds.labels(function).observe(seconds)
 
     def worker_spawned(self, function: str, seconds: float) -> None:
         self._spawn.labels(function).observe(seconds)

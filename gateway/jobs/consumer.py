@@ -53,6 +53,11 @@ class Consumer:
         self.busy_s = 0.0
         self.task: asyncio.Task[None] | None = None
 
+    @property
+    def ended(self) -> bool:
+        """Its loop returned (the function was gone for a moment): start a new one."""
+        return self.task is not None and self.task.done()
+
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -67,7 +72,7 @@ class Consumer:
         backlog = False
         while not calls.closing:
             pool = calls.pools.get(self.function)
-            if pool is None:
+            if pool is None or not calls.consumes(pool):
                 return
             spare = pool.spare_slots()
             try:
@@ -86,7 +91,7 @@ class Consumer:
                     continue
                 for run in runs:
                     calls.execute(pool, run, self)
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
                 if not calls.closing:
                     log.warning("async calls of %s: Redis: %s; retrying", self.function, exc)
                     await asyncio.sleep(RETRY_S)

@@ -56,9 +56,11 @@ class AsyncCalls:
         self.node_name = node.name
         self.pools = node.supervisor.pools
         self.records = node.recorder.buffer
+        self.metrics = node.metrics
         self.policy = CallbackPolicy(node.settings.callback_allow)
         self.sender: CallbackSender | None = None
         self.grace_s = node.settings.grace_s
+        self.cloud = node.settings.role == "cloud"
         self.boot = os.urandom(3).hex()
         self.closing = False
         self._store: JobStore | None = None
@@ -150,8 +152,10 @@ class AsyncCalls:
                     f"answered {outcome.status}: {preview}",
                 )
             await self._settle(pool, run, outcome, consumer)
-        except RedisError as exc:  # the lease lapses and another run takes the job
+        except (RedisError, OSError) as exc:  # the lease lapses; another run takes the job
             log.warning("async call %s of %s: Redis: %s", run.job_id, run.function, exc)
+        except Exception:
+            log.exception("async call %s of %s failed inside the gateway", run.job_id, run.function)
         finally:
             self.running.pop(run.job_id, None)
 
@@ -173,6 +177,7 @@ class AsyncCalls:
                 kept = await self.store.bury(run, outcome)
                 result = "dead"
         consumer.counted(not failed, outcome.duration_s)
+        self.metrics.observe_async_run(run.function, result, outcome.duration_s)
         call_id = run.job_id if run.attempt == 1 else f"{run.job_id}.{run.attempt}"
         self.records.add(
             call_id,
@@ -220,14 +225,24 @@ class AsyncCalls:
                 log.exception("async calls round failed")
             await asyncio.sleep(ROUND_S)
 
+    def consumes(self, pool: WarmPool) -> bool:
+        """Edge nodes take any function's async calls; the cloud node only those of
+        functions allowed to spill to the cloud (``spill.to`` lists it)."""
+        return not self.cloud or "cloud" in pool.spec.spill.to
+
     async def _round_once(self) -> None:
-        for name in self.pools:
-            if name not in self.consumers:
+        for name, pool in list(self.pools.items()):
+            consumer = self.consumers.get(name)
+            if (consumer is None or consumer.ended) and self.consumes(pool):
                 consumer = Consumer(self, name, self.boot)
                 self.consumers[name] = consumer
                 consumer.start()
         store = self.store
-        gone = [name for name in self.consumers if name not in self.pools]
+        gone = [
+            name
+            for name in self.consumers
+            if name not in self.pools or not self.consumes(self.pools[name])
+        ]
         if gone:
             async with store.redis.pipeline(transaction=False) as pipe:
                 for name in gone:

@@ -1,0 +1,581 @@
+"""The job store of asynchronous calls, step by step, against a real Redis: what each Lua
+step writes (status, queue, registries, lease, fields), that RQ's own classes read the jobs
+as RQ jobs, and that a run which lost its job cannot overwrite the outcome of the run that
+replaced it.
+
+Each test has its own key prefix, so its queue (``PREFIX.echo``) and its job ids
+(``PREFIX-…``) are its own; the ``rq:*`` keys they name (which the ``redis_prefix`` fixture
+does not remove) are deleted at teardown.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+import redis.asyncio
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.registry import (
+    CanceledJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    StartedJobRegistry,
+)
+
+from gateway.jobs import layout
+from gateway.jobs.store import (
+    DEAD_TTL_S,
+    LEASE_MS,
+    MOST_LOST_RUNS,
+    RESULT_TTL_S,
+    JobStore,
+    NewCall,
+    Outcome,
+    Run,
+)
+
+pytestmark = pytest.mark.anyio
+
+FN = "echo"
+WORKER = "node-a.echo.boot1"
+NODE = "node-a"
+OK = Outcome(200, b"content-type: text/plain\r\n", b"done", 0.25)
+FAILED = Outcome(500, b"", b"boom", 0.5, "Traceback: boom")
+
+
+@pytest.fixture
+def rq_keys(redis_client: redis.Redis, redis_prefix: str) -> Iterator[str]:
+    """The test's prefix; at teardown, every ``rq:*`` key naming it (queue, registries,
+    jobs, anything RQ's classes wrote) goes, and so does its queue's entry in ``rq:queues``."""
+    yield redis_prefix
+    pattern = "rq:*" + re.sub(r"([*?\[\]\\])", r"\\\1", redis_prefix) + "*"
+    keys = list(redis_client.scan_iter(match=pattern, count=500))
+    if keys:
+        redis_client.unlink(*keys)
+    queues = [q for q in redis_client.smembers(layout.QUEUES) if redis_prefix.encode() in q]
+    if queues:
+        redis_client.srem(layout.QUEUES, *queues)
+    assert not list(redis_client.scan_iter(match=pattern, count=500))
+
+
+@pytest.fixture
+async def store(redis_url: str, rq_keys: str) -> AsyncIterator[JobStore]:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    blocking = redis.asyncio.Redis.from_url(redis_url)
+    yield JobStore(client, blocking, rq_keys)
+    await client.aclose()
+    await blocking.aclose()
+
+
+def job_id(store: JobStore, name: str) -> str:
+    return f"{store.prefix}-{name}"
+
+
+def new_call(store: JobStore, name: str, retries: int = 2, function: str = FN) -> NewCall:
+    return NewCall(
+        job_id=job_id(store, name),
+        function=function,
+        method=b"POST",
+        path=b"/work",
+        query=b"a=1",
+        headers=b"x-test: " + name.encode() + b"\r\n",
+        body=b"body of " + name.encode(),
+        callback_url="http://127.0.0.1:9/cb",
+        idempotency_key="idem-" + name,
+        retries=retries,
+        timeout_s=2.5,
+    )
+
+
+async def accepted(store: JobStore, *names: str, retries: int = 2) -> list[str]:
+    for name in names:
+        assert await store.accept(new_call(store, name, retries)) is None
+    return [job_id(store, name) for name in names]
+
+
+async def queued(store: JobStore, function: str = FN) -> list[str]:
+    return [i.decode() for i in await store.redis.lrange(store.queue_key(function), 0, -1)]
+
+
+async def field(store: JobStore, jid: str, name: str) -> str | None:
+    value = await store.redis.hget(layout.job_key(jid), name)
+    return None if value is None else value.decode()
+
+
+async def wip(store: JobStore) -> list[str]:
+    return [m.decode() for m in await store.redis.zrange(store.registry("wip", FN), 0, -1)]
+
+
+async def members(store: JobStore, kind: str) -> list[str]:
+    return [m.decode() for m in await store.redis.zrange(store.registry(kind, FN), 0, -1)]
+
+
+async def claim_one(store: JobStore) -> Run:
+    runs = await store.claim(FN, 1, WORKER, NODE)
+    assert len(runs) == 1
+    return runs[0]
+
+
+async def lose_lease(store: JobStore, run: Run) -> None:
+    """The run's node stops renewing: its lease lapses."""
+    assert await store.redis.delete(store.leases + run.job_id) == 1
+
+
+# ------------------------------------------------------------------ accept
+
+
+async def test_accept_stores_a_job_rq_reads_and_the_same_id_twice_is_one_job(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    [jid] = await accepted(store, "a")
+    name = store.queue(FN)
+
+    job = Job.fetch(jid, connection=redis_client)
+    assert job.get_status() == JobStatus.QUEUED
+    assert job.origin == name
+    assert job.func_name == "edgefaas.call"
+    assert job.args == (FN,)
+    assert job.timeout == 3
+    assert job.result_ttl == RESULT_TTL_S
+    assert job.failure_ttl == DEAD_TTL_S
+    assert job.retries_left == 2
+    assert job.enqueued_at is not None
+    assert Queue(name, connection=redis_client).count == 1
+    assert Queue(name, connection=redis_client).get_job_ids() == [jid]
+    assert layout.queue_key(name).encode() in redis_client.smembers(layout.QUEUES)
+
+    assert await store.accept(new_call(store, "a")) == "queued"
+    assert Queue(name, connection=redis_client).count == 1
+    assert await field(store, jid, "ef_attempts") == "0"
+
+    await claim_one(store)
+    assert await store.accept(new_call(store, "a")) == "started"
+    assert await queued(store) == []
+
+
+# ------------------------------------------------------------------ claim
+
+
+async def test_claim_takes_at_most_n_in_order_and_holds_a_lease(store: JobStore) -> None:
+    a, b, c = await accepted(store, "a", "b", "c")
+
+    runs = await store.claim(FN, 2, WORKER, NODE)
+
+    assert [r.job_id for r in runs] == [a, b]
+    assert await queued(store) == [c]
+    first = runs[0]
+    assert first.attempt == 1
+    assert first.function == FN
+    assert (first.method, first.path, first.query) == (b"POST", b"/work", b"a=1")
+    assert first.headers == b"x-test: a\r\n"
+    assert first.body == b"body of a"
+    assert first.callback_url == "http://127.0.0.1:9/cb"
+    assert first.idempotency_key == "idem-a"
+    assert first.retries_left == 2
+    assert 0 < time.time() - first.age_from < 60
+    for run in runs:
+        assert await field(store, run.job_id, "status") == "started"
+        assert await field(store, run.job_id, "worker_name") == WORKER
+        assert await field(store, run.job_id, "ef_node") == NODE
+        assert await field(store, run.job_id, "ef_token") == run.token
+        assert await store.redis.get(store.leases + run.job_id) == run.token.encode()
+        assert 0 < await store.redis.pttl(store.leases + run.job_id) <= LEASE_MS
+    assert sorted(await wip(store)) == sorted(f"{r.job_id}:{r.token}" for r in runs)
+
+    rest = await store.claim(FN, 5, WORKER, NODE)
+    assert [r.job_id for r in rest] == [c]
+    assert await store.claim(FN, 5, WORKER, NODE) == []
+
+
+async def test_claim_skips_jobs_that_are_no_longer_queued(store: JobStore) -> None:
+    a, b, c = await accepted(store, "a", "b", "c")
+    assert await store.cancel(a) == "canceled"
+    # b was canceled by a step that left its id in the queue: claim drops it on the way
+    await store.redis.hset(layout.job_key(b), "status", "canceled")
+    assert await queued(store) == [b, c]
+
+    runs = await store.claim(FN, 3, WORKER, NODE)
+
+    assert [r.job_id for r in runs] == [c]
+    assert await queued(store) == []
+    assert await field(store, a, "status") == "canceled"
+    assert await field(store, b, "status") == "canceled"
+    assert await field(store, b, "ef_attempts") == "0"
+    assert await store.redis.exists(store.leases + b) == 0
+    assert await wip(store) == [f"{c}:{runs[0].token}"]
+
+
+async def test_rq_started_registry_cleanup_leaves_claimed_runs_alone(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    [jid] = await accepted(store, "a", retries=2)
+    run = await claim_one(store)
+    name = store.queue(FN)
+
+    registry = StartedJobRegistry(name, connection=redis_client)
+    assert registry.count == 1  # runs RQ's cleanup of "expired" started jobs
+    assert registry.get_job_ids() == [jid]
+
+    assert Job.fetch(jid, connection=redis_client).get_status() == JobStatus.STARTED
+    assert await field(store, jid, "status") == "started"
+    assert await wip(store) == [f"{jid}:{run.token}"]
+    assert await queued(store) == []
+    assert FailedJobRegistry(name, connection=redis_client).get_job_ids() == []
+    score = await store.redis.zscore(store.registry("wip", FN), f"{jid}:{run.token}")
+    assert score > time.time() + layout.WIP_SCORE_AHEAD_S - 60
+
+
+# ------------------------------------------------------------------ finish
+
+
+async def test_finish_keeps_the_result_and_the_first_outcome_wins(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    [jid] = await accepted(store, "a")
+    run = await claim_one(store)
+
+    assert await store.finish(run, OK) is True
+
+    assert await field(store, jid, "status") == "finished"
+    assert await field(store, jid, "ef_code") == "200"
+    assert await field(store, jid, "ef_rh") == "content-type: text/plain\r\n"
+    assert await field(store, jid, "ef_rb") == "done"
+    assert await field(store, jid, "ef_dur") == "0.25"
+    assert await field(store, jid, "ef_error") == ""
+    assert await field(store, jid, "ended_at")
+    assert await members(store, "finished") == [jid]
+    score = await store.redis.zscore(store.registry("finished", FN), jid)
+    assert abs(score - (time.time() + RESULT_TTL_S)) < 60
+    assert RESULT_TTL_S - 60 < await store.redis.ttl(layout.job_key(jid)) <= RESULT_TTL_S
+    assert await store.redis.exists(store.leases + jid) == 0
+    assert await wip(store) == []
+    name = store.queue(FN)
+    assert Job.fetch(jid, connection=redis_client).get_status() == JobStatus.FINISHED
+    assert FinishedJobRegistry(name, connection=redis_client).get_job_ids() == [jid]
+
+    assert await store.finish(run, Outcome(201, b"", b"again", 1.0)) is False
+    assert await store.bury(run, FAILED) is False
+    assert await field(store, jid, "status") == "finished"
+    assert await field(store, jid, "ef_rb") == "done"
+    assert await field(store, jid, "ef_code") == "200"
+
+
+async def test_a_run_replaced_by_another_cannot_settle_the_job(store: JobStore) -> None:
+    [jid] = await accepted(store, "a")
+    old = await claim_one(store)
+    await lose_lease(store, old)
+    assert await store.reap(FN) == [(jid, "queued")]
+    new = await claim_one(store)
+    assert new.attempt == old.attempt + 1
+
+    assert await store.finish(old, Outcome(200, b"", b"late", 9.0)) is False
+    assert await store.retry(old, FAILED, time.time()) is False
+    assert await store.requeue(old) is False
+
+    assert await field(store, jid, "status") == "started"
+    assert await field(store, jid, "ef_token") == new.token
+    assert await field(store, jid, "ef_rb") is None
+    assert await store.redis.get(store.leases + jid) == new.token.encode()
+    assert await wip(store) == [f"{jid}:{new.token}"]
+
+    assert await store.finish(new, OK) is True
+    assert await field(store, jid, "ef_rb") == "done"
+
+
+async def test_a_lapsed_run_finishes_its_job_while_it_waits_in_the_queue(
+    store: JobStore,
+) -> None:
+    a, b = await accepted(store, "a", "b")
+    run = await claim_one(store)
+    await lose_lease(store, run)
+    assert await store.reap(FN) == [(a, "queued")]
+    assert await queued(store) == [a, b]
+
+    assert await store.finish(run, OK) is True
+
+    assert await field(store, a, "status") == "finished"
+    assert await queued(store) == [b]
+    assert await wip(store) == []
+    assert [r.job_id for r in await store.claim(FN, 5, WORKER, NODE)] == [b]
+
+
+# ------------------------------------------------------------------ retry, promote
+
+
+async def test_retry_schedules_the_job_and_promote_queues_it_when_due(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    a, b, c = await accepted(store, "a", "b", "c", retries=2)
+    runs = await store.claim(FN, 2, WORKER, NODE)
+    assert [r.job_id for r in runs] == [a, b]
+    due, later = time.time() - 1, time.time() + 600
+
+    assert await store.retry(runs[0], FAILED, due) is True
+    assert await store.retry(runs[1], FAILED, later) is True
+
+    for jid, at in ((a, due), (b, later)):
+        assert await field(store, jid, "status") == "scheduled"
+        assert await field(store, jid, "retries_left") == "1"
+        assert await field(store, jid, "ef_error") == "Traceback: boom"
+        assert await field(store, jid, "ef_code") == "500"
+        assert float(await field(store, jid, "ef_retry_at") or 0) == at
+        assert await store.redis.zscore(store.registry("scheduled", FN), jid) == pytest.approx(at)
+        assert await store.redis.exists(store.leases + jid) == 0
+        assert await store.redis.ttl(layout.job_key(jid)) == -1
+    assert Job.fetch(a, connection=redis_client).get_status() == JobStatus.SCHEDULED
+    assert await wip(store) == []
+    assert await queued(store) == [c]
+
+    assert await store.promote(FN) == 1
+
+    assert await queued(store) == [c, a]
+    assert await field(store, a, "status") == "queued"
+    assert await field(store, b, "status") == "scheduled"
+    assert await members(store, "scheduled") == [b]
+    assert await store.promote(FN) == 0
+    again = await store.claim(FN, 2, WORKER, NODE)
+    assert [(r.job_id, r.attempt, r.retries_left) for r in again] == [(c, 1, 2), (a, 2, 1)]
+
+
+# ------------------------------------------------------------------ bury
+
+
+async def test_bury_makes_a_dead_letter_rq_lists(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    [jid] = await accepted(store, "a")
+    run = await claim_one(store)
+
+    assert await store.bury(run, FAILED) is True
+
+    assert await field(store, jid, "status") == "failed"
+    raw = await store.redis.hget(layout.job_key(jid), "exc_info")
+    assert zlib.decompress(raw) == b"Traceback: boom"
+    assert await field(store, jid, "ef_error") == "Traceback: boom"
+    name = store.queue(FN)
+    assert FailedJobRegistry(name, connection=redis_client).get_job_ids() == [jid]
+    assert Job.fetch(jid, connection=redis_client).get_status() == JobStatus.FAILED
+    assert DEAD_TTL_S - 60 < await store.redis.ttl(layout.job_key(jid)) <= DEAD_TTL_S
+    assert await store.redis.exists(store.leases + jid) == 0
+    assert await wip(store) == []
+    assert await store.dead_count(FN) == 1
+    assert await store.finish(run, OK) is False
+
+
+# ------------------------------------------------------------------ requeue
+
+
+async def test_requeue_puts_the_job_back_at_the_head_uncounted(store: JobStore) -> None:
+    a, b = await accepted(store, "a", "b")
+    run = await claim_one(store)
+    assert run.job_id == a
+
+    assert await store.requeue(run) is True
+
+    assert await queued(store) == [a, b]
+    assert await field(store, a, "status") == "queued"
+    assert await field(store, a, "worker_name") == ""
+    assert await store.redis.exists(store.leases + a) == 0
+    assert await wip(store) == []
+    again = await claim_one(store)
+    assert again.job_id == a
+    assert again.attempt == run.attempt
+    assert again.token != run.token
+    assert await store.requeue(run) is False
+    assert await field(store, a, "status") == "started"
+
+
+# ------------------------------------------------------------------ renew
+
+
+async def test_renew_keeps_held_leases_and_returns_the_lost_ones(store: JobStore) -> None:
+    await accepted(store, "a", "b", "c")
+    a, b, c = await store.claim(FN, 3, WORKER, NODE)
+    await store.redis.pexpire(store.leases + a.job_id, 500)
+    await lose_lease(store, b)
+    await store.redis.set(store.leases + c.job_id, "someone-else", px=LEASE_MS)
+
+    lost = await store.renew([a, b, c])
+
+    assert [r.job_id for r in lost] == [b.job_id, c.job_id]
+    assert LEASE_MS - 1000 < await store.redis.pttl(store.leases + a.job_id) <= LEASE_MS
+    assert await store.redis.get(store.leases + a.job_id) == a.token.encode()
+    assert await store.redis.exists(store.leases + b.job_id) == 0
+    assert await store.redis.get(store.leases + c.job_id) == b"someone-else"
+    assert await store.renew([]) == []
+
+
+# ------------------------------------------------------------------ reap
+
+
+async def test_reap_requeues_a_lapsed_run_at_the_head_and_leaves_live_ones(
+    store: JobStore,
+) -> None:
+    a, b = await accepted(store, "a", "b")
+    lapsed, live = await store.claim(FN, 2, WORKER, NODE)
+    [c] = await accepted(store, "c")
+    await lose_lease(store, lapsed)
+
+    assert await store.reap(FN) == [(a, "queued")]
+
+    assert await queued(store) == [a, c]
+    assert await field(store, a, "status") == "queued"
+    assert await field(store, a, "ef_lost") == "1"
+    assert "lease" in (await field(store, a, "ef_error") or "")
+    assert await field(store, b, "status") == "started"
+    assert await field(store, b, "ef_lost") is None
+    assert await store.redis.get(store.leases + b) == live.token.encode()
+    assert await wip(store) == [f"{b}:{live.token}"]
+    assert await store.reap(FN) == []
+
+
+async def test_reap_buries_a_job_lost_too_many_times(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    [jid] = await accepted(store, "a")
+    reaped = []
+    for attempt in range(1, MOST_LOST_RUNS + 1):
+        run = await claim_one(store)
+        assert run.attempt == attempt
+        await lose_lease(store, run)
+        reaped += await store.reap(FN)
+
+    assert reaped == [(jid, "queued")] * (MOST_LOST_RUNS - 1) + [(jid, "dead")]
+    assert await field(store, jid, "status") == "failed"
+    assert await field(store, jid, "ef_lost") == str(MOST_LOST_RUNS)
+    assert await queued(store) == []
+    assert await wip(store) == []
+    name = store.queue(FN)
+    assert FailedJobRegistry(name, connection=redis_client).get_job_ids() == [jid]
+    assert DEAD_TTL_S - 60 < await store.redis.ttl(layout.job_key(jid)) <= DEAD_TTL_S
+    assert await store.claim(FN, 1, WORKER, NODE) == []
+
+
+# ------------------------------------------------------------------ cancel
+
+
+async def test_cancel_only_what_waits(store: JobStore, redis_client: redis.Redis) -> None:
+    waiting, retrying, running, done, other = await accepted(
+        store, "waiting", "retrying", "running", "done", "other"
+    )
+    assert await store.cancel(waiting) == "canceled"
+    assert await queued(store) == [retrying, running, done, other]
+    run_r, run_s, run_d = await store.claim(FN, 3, WORKER, NODE)
+    assert [run_r.job_id, run_s.job_id, run_d.job_id] == [retrying, running, done]
+    assert await store.retry(run_r, FAILED, time.time() + 600) is True
+    assert await store.finish(run_d, OK) is True
+
+    assert await store.cancel(retrying) == "canceled"
+    assert await store.cancel(running) == "started"
+    assert await store.cancel(done) == "finished"
+    assert await store.cancel(job_id(store, "unknown")) == "missing"
+
+    assert await members(store, "scheduled") == []
+    assert sorted(await members(store, "canceled")) == sorted([waiting, retrying])
+    for jid in (waiting, retrying):
+        assert await field(store, jid, "status") == "canceled"
+        assert await field(store, jid, "ended_at")
+        assert DEAD_TTL_S - 60 < await store.redis.ttl(layout.job_key(jid)) <= DEAD_TTL_S
+    assert await field(store, running, "status") == "started"
+    assert await field(store, done, "status") == "finished"
+    assert await queued(store) == [other]
+    assert await store.promote(FN) == 0
+    name = store.queue(FN)
+    assert sorted(CanceledJobRegistry(name, connection=redis_client).get_job_ids()) == sorted(
+        [waiting, retrying]
+    )
+    assert Job.fetch(waiting, connection=redis_client).get_status() == JobStatus.CANCELED
+    assert await store.redis.exists(layout.job_key(job_id(store, "unknown"))) == 0
+
+
+# ------------------------------------------------------------------ dead letters, redrive
+
+
+async def test_redrive_puts_dead_letters_back_with_fresh_retries(store: JobStore) -> None:
+    a, b, c, d = await accepted(store, "a", "b", "c", "d", retries=1)
+    runs = await store.claim(FN, 4, WORKER, NODE)
+    for run in runs[:3]:
+        assert await store.bury(run, FAILED) is True
+    assert await store.finish(runs[3], OK) is True
+    # the dead letters' count of retries ran out on the way
+    await store.redis.hset(layout.job_key(a), "retries_left", 0)
+
+    assert await store.dead_count(FN) == 3
+    letters = await store.dead_letters(FN, 10)
+    assert sorted(letter["id"] for letter in letters) == sorted(x.encode() for x in (a, b, c))
+    for letter in letters:
+        assert letter["ef_fn"] == FN.encode()
+        assert letter["ef_attempts"] == b"1"
+        assert letter["ef_error"] == b"Traceback: boom"
+        assert float(letter["ef_ended"]) >= float(letter["ef_created"])
+    assert len(await store.dead_letters(FN, 2)) == 2
+    age_before = float(await field(store, a, "ef_age_from") or 0)
+    redriven_at = time.time()
+
+    assert await store.redrive(FN, 3, [a, d, job_id(store, "unknown")]) == 1
+
+    assert await queued(store) == [a]
+    assert await field(store, a, "status") == "queued"
+    assert await field(store, a, "retries_left") == "3"
+    assert float(await field(store, a, "ef_age_from") or 0) >= redriven_at > age_before
+    assert await field(store, a, "ended_at") == ""
+    assert await store.redis.ttl(layout.job_key(a)) == -1
+    assert await field(store, b, "status") == "failed"
+    assert await field(store, c, "status") == "failed"
+    assert await field(store, d, "status") == "finished"
+    assert await members(store, "finished") == [d]
+    assert sorted(await members(store, "failed")) == sorted([b, c])
+    assert await store.dead_count(FN) == 2
+
+    assert await store.redrive(FN, 2, []) == 2
+
+    assert sorted((await queued(store))[1:]) == sorted([b, c])
+    assert await store.dead_count(FN) == 0
+    assert await store.dead_letters(FN, 10) == []
+    runs = await store.claim(FN, 3, WORKER, NODE)
+    assert {r.job_id: r.retries_left for r in runs} == {a: 3, b: 2, c: 2}
+    assert all(r.attempt == 2 for r in runs)
+
+
+async def test_redrive_resets_the_lost_runs_of_a_reaped_dead_letter(store: JobStore) -> None:
+    [jid] = await accepted(store, "a")
+    for _ in range(MOST_LOST_RUNS):
+        await lose_lease(store, await claim_one(store))
+        await store.reap(FN)
+    assert await field(store, jid, "status") == "failed"
+
+    assert await store.redrive(FN, 2, []) == 1
+
+    assert await field(store, jid, "ef_lost") == "0"
+    run = await claim_one(store)
+    await lose_lease(store, run)
+    assert await store.reap(FN) == [(jid, "queued")]
+
+
+# ------------------------------------------------------------------ wait
+
+
+async def test_wait_returns_at_once_when_a_job_waits_and_leaves_the_queue(
+    store: JobStore,
+) -> None:
+    a, b = await accepted(store, "a", "b")
+    started = time.monotonic()
+
+    assert await store.wait(FN, 1) is True
+
+    assert time.monotonic() - started < 0.5
+    assert await queued(store) == [a, b]
+
+
+async def test_wait_times_out_on_an_empty_queue(store: JobStore) -> None:
+    started = time.monotonic()
+
+    assert await store.wait(FN, 1) is False
+
+    assert 0.9 <= time.monotonic() - started < 3
+    assert await store.redis.exists(store.queue_key(FN)) == 0

@@ -67,7 +67,7 @@ async def cancel_call(request: Request) -> Response:
 
 async def list_dead_letters(request: Request) -> Response:
     """
-    summary: Dead letters - async calls that exhausted their retries or age - of one function or all
+    summary: "Dead letters (async calls that exhausted their retries or age): one function or all"
     responses:
       200: {description: '{"count": n, "dead_letters": [{call_id, function, failed_at, attempts,
         last_error}]}'}
@@ -88,7 +88,7 @@ async def list_dead_letters(request: Request) -> Response:
 
 async def redrive(request: Request) -> Response:
     """
-    summary: Put a function's dead letters (all, or body {"call_ids": [...]}) back in its queue
+    summary: "Put a function's dead letters (all, or those in body call_ids) back in its queue"
     responses:
       200: {description: '{"redriven": n}: each runs again with the retries the function has now.'}
       400: {description: "A bad body."}

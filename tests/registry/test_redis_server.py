@@ -79,7 +79,7 @@ def test_serves_on_a_private_unix_socket_and_stop_ends_it(server: EmbeddedRedis)
     try:
         assert client.config_get("port") == {"port": "0"}  # no TCP listener
         assert client.config_get("save") == {"save": ""}
-        assert client.config_get("appendonly") == {"appendonly": "no"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}  # jobs survive
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
     finally:
         client.close()
@@ -105,6 +105,24 @@ def test_context_manager_and_restart_in_the_same_dir(tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path) as second:
         assert second.url == url
         ping_set_get(url)
+
+
+def test_data_survives_a_restart_even_after_a_sigkill(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path) as first:
+        client = redis.Redis.from_url(first.url)
+        try:
+            client.rpush("rq:queue:q", "job-1")
+            time.sleep(1.5)  # the append-only file is fsync'd every second
+        finally:
+            client.close()
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+    with EmbeddedRedis(tmp_path) as second:
+        client = redis.Redis.from_url(second.url)
+        try:
+            assert client.lrange("rq:queue:q", 0, -1) == [b"job-1"]
+        finally:
+            client.close()
 
 
 def test_start_after_the_server_died_starts_a_new_one(server: EmbeddedRedis) -> None:

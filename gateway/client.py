@@ -148,14 +148,14 @@ def format_dead_letters(letters: dict[str, Any]) -> str:
     for letter in letters.get("dead_letters", []):
         failed = letter.get("failed_at")
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(failed)) if failed else "-"
-        error = " ".join(str(letter.get("last_error") or "").split())
+        error = " ".join(str(letter.get("last_error") or "").split())[:100]
         rows.append(
             (
                 letter["call_id"],
                 letter["function"],
                 when,
                 str(letter.get("attempts", 0)),
-                error[:100],
+                error,
             )
         )
     shown = len(rows) - 1

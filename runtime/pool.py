@@ -366,16 +366,17 @@ class WarmPool:
 
     def spare_slots(self) -> int:
         """How many asynchronous calls may start now without delaying a sync call: none
-        while sync calls wait in the queue, else the free slots of serving workers (with
-        one pipelined call each while calls are short, as for sync calls)."""
+        while sync calls wait in the pool's queue, else the free slots of serving workers.
+        Never a pipelined slot behind a running call: a job claimed there would wait,
+        marked started, for a call whose length nobody knows."""
         dispatch = self.dispatch
         if dispatch.queue or self.state is not PoolState.RUNNING:
             return 0
-        depth = dispatch.depth()
+        concurrency = self.concurrency
         return sum(
-            max(0, depth - len(w.calls))
-            for w in dispatch.links.values()
-            if w.phase is WorkerPhase.SERVING
+            concurrency - len(w.calls)
+            for w in dispatch.free
+            if w.phase is WorkerPhase.SERVING and len(w.calls) < concurrency
         )
 
     def grow(self) -> None:

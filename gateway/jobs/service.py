@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -143,13 +144,9 @@ class AsyncCalls:
                     result.status, result.headers, result.body, time.perf_counter() - started
                 )
             if outcome.status >= 500:
-                preview = outcome.body[:ERROR_PREVIEW].decode("utf-8", "replace")
+                error = f"answered {outcome.status}: {_error_message(outcome.body)}"
                 outcome = Outcome(
-                    outcome.status,
-                    outcome.headers,
-                    outcome.body,
-                    outcome.duration_s,
-                    f"answered {outcome.status}: {preview}",
+                    outcome.status, outcome.headers, outcome.body, outcome.duration_s, error
                 )
             await self._settle(pool, run, outcome, consumer)
         except (RedisError, OSError) as exc:  # the lease lapses; another run takes the job
@@ -270,6 +267,18 @@ class AsyncCalls:
         if url and job is not None:
             error = job.get("ef_error", b"").decode()
             self.callback(url, job_id, function, Outcome(502, b"", error.encode(), 0.0, error))
+
+
+def _error_message(body: bytes) -> str:
+    """A failed run's error, for dead letters: the message of an edgefaas error body
+    (``{"error": {"message": ...}}``), else the start of the body."""
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, TypeError, KeyError):
+        message = None
+    if isinstance(message, str):
+        return message[:ERROR_PREVIEW]
+    return body[:ERROR_PREVIEW].decode("utf-8", "replace")
 
 
 def _block(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.callbacks import MAX_URL_CHARS
 from gateway.errors import (
     BadRequest,
+    Conflict,
     GatewayError,
     Headers,
     MethodNotAllowed,
@@ -128,6 +129,8 @@ class Acceptor:
                 f"async calls are kept in the mesh's Redis, which is unreachable ({exc}); "
                 "try again, or call /function/ synchronously"
             ) from None
+        if existing == "conflict":
+            raise Conflict(f"X-Call-Id: {job_id} is the id of another function's call")
         answer = {"call_id": job_id, "function": name, "status": "queued"}
         if existing is not None:  # the same id twice: one job
             answer["status"] = shown_status(existing)

@@ -70,7 +70,7 @@ class Consumer:
     async def _run(self) -> None:
         calls = self.calls
         backlog = False
-        while not calls.closing:
+        while not calls.stopping:
             pool = calls.pools.get(self.function)
             if pool is None or not calls.consumes(pool):
                 return
@@ -92,9 +92,12 @@ class Consumer:
                 for run in runs:
                     calls.execute(pool, run, self)
             except (RedisError, OSError) as exc:
-                if not calls.closing:
+                if not calls.stopping:
                     log.warning("async calls of %s: Redis: %s; retrying", self.function, exc)
                     await asyncio.sleep(RETRY_S)
+            except Exception:
+                log.exception("async calls of %s: the consumer failed; going on", self.function)
+                await asyncio.sleep(RETRY_S)
 
     # ------------------------------------------------------------ RQ's view of it
 

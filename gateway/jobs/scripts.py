@@ -13,12 +13,16 @@ is what a mesh's control plane is (not a cluster).
 
 from __future__ import annotations
 
-# KEYS: job, queue, rq:queues. ARGV: id, then field/value pairs.
-# → 1 when accepted, else the status of the job already under that id.
+# KEYS: job, queue, rq:queues. ARGV: id, origin (queue name), then field/value pairs.
+# → 1 when accepted, else the status of the job already under that id, or 'conflict' when
+# that job belongs to another queue (another function, or another mesh or RQ app).
 ACCEPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status then return status end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if status then
+  if redis.call('HGET', KEYS[1], 'origin') ~= ARGV[2] then return 'conflict' end
+  return status
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], KEYS[2])
 return 1
@@ -67,7 +71,9 @@ CLAIMED_FIELDS = (
 )
 
 # KEYS: job, wip, registry (finished, failed or scheduled), lease, queue.
-# ARGV: id, token, registry score, ttl seconds (0: keep), then field/value pairs.
+# ARGV: id, token, registry score, ttl seconds (0: keep), then field/value pairs, the first
+# of them the new status. A finished job drops the call's headers and body (its result is
+# kept; a failed one keeps them, to be redriven).
 # → 1 when this run's outcome was written, 0 when the job is no longer this run's (another
 # run took it, or it was settled or canceled). A run whose lease lapsed but whose job was
 # not taken again yet still settles it (and takes it off the queue): it did run.
@@ -80,6 +86,7 @@ elseif status ~= 'started' then
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if ARGV[6] == 'finished' then redis.call('HDEL', KEYS[1], 'ef_h', 'ef_b') end
 redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
@@ -172,12 +179,14 @@ end
 return #ids
 """
 
-# KEYS: job. ARGV: id, now (RQ format), now (epoch), canceled score, ttl, RQ key prefix.
+# KEYS: job. ARGV: id, now (RQ format), now (epoch), canceled score, ttl, RQ key prefix,
+# the mesh's queue-name prefix ("PREFIX."): another mesh's (or RQ app's) job is 'missing'.
 # → 'canceled', 'missing', or the status that cannot be canceled.
 CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
-local origin = redis.call('HGET', KEYS[1], 'origin')
+local origin = redis.call('HGET', KEYS[1], 'origin') or ''
+if string.sub(origin, 1, #ARGV[7]) ~= ARGV[7] then return 'missing' end
 if status == 'queued' then
   redis.call('LREM', ARGV[6] .. ':queue:' .. origin, 0, ARGV[1])
 elseif status == 'scheduled' then

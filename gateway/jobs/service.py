@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
@@ -40,12 +41,14 @@ from runtime.event import parse_header_block
 if TYPE_CHECKING:
     from gateway.node import Node
     from runtime.pool import WarmPool
+    from runtime.worker_link import Call
 
 log = logging.getLogger("edgefaas.jobs")
 
 ROUND_S = 1.0
 BLOCKING_TIMEOUT_S = 5.0  # socket timeout of the blocking client (> a wait)
 ERROR_PREVIEW = 300  # bytes of a failed answer's body kept as its error
+PERSIST_S = 120.0  # how long a run's outcome is retried while Redis is unreachable
 
 
 class AsyncCalls:
@@ -63,13 +66,15 @@ class AsyncCalls:
         self.grace_s = node.settings.grace_s
         self.cloud = node.settings.role == "cloud"
         self.boot = os.urandom(3).hex()
-        self.closing = False
+        self.stopping = False  # no more claims
+        self.closing = False  # no more rounds or lease renewals
         self._store: JobStore | None = None
         self._blocking: Redis | None = None
         self.consumers: dict[str, Consumer] = {}
         self.running: dict[str, Run] = {}  # job id → this node's run of it
         self._tasks: set[asyncio.Task[None]] = set()
         self._round: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
 
     @property
     def store(self) -> JobStore:
@@ -83,25 +88,31 @@ class AsyncCalls:
         )
         self._store = JobStore(redis, self._blocking, prefix)
         self.sender = CallbackSender(self.policy)
-        self._round = asyncio.get_running_loop().create_task(self._rounds())
+        loop = asyncio.get_running_loop()
+        self._round = loop.create_task(self._rounds())
+        self._renewer = loop.create_task(self._renew_leases())
 
     async def close(self, force: bool = False) -> None:
-        """Stop claiming, let the runs in flight settle (unless ``force``), leave RQ."""
-        if self.closing:
+        """Stop claiming; let the runs in flight settle (unless ``force``: at most
+        ``grace_s``), their leases renewed meanwhile; then leave RQ."""
+        if self.stopping:
             return
-        self.closing = True
+        self.stopping = True
         for consumer in self.consumers.values():
             await consumer.stop()
         if self._tasks and not force:
-            _, left = await asyncio.wait(set(self._tasks), timeout=self.grace_s or None)
+            _, left = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
             if left:
                 log.warning(
-                    "%d async call(s) still running at close: run again elsewhere", len(left)
+                    "%d async call(s) still running at close: they run again elsewhere",
+                    len(left),
                 )
-        if self._round is not None:
-            self._round.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._round
+        self.closing = True
+        for task in (self._round, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._store is not None:
             with contextlib.suppress(RedisError, OSError):
                 async with self._store.redis.pipeline(transaction=False) as pipe:
@@ -110,31 +121,38 @@ class AsyncCalls:
                     await pipe.execute()
         if self.sender is not None:
             await self.sender.close()
+            self.sender = None
         if self._blocking is not None:
             await self._blocking.aclose()
 
     # ------------------------------------------------------------------ runs
 
     def execute(self, pool: WarmPool, run: Run, consumer: Consumer) -> None:
-        """Run ``run`` on ``pool`` in the background."""
+        """Give ``run`` to ``pool`` now (so the slot it was claimed for is taken before
+        the consumer counts spare slots again) and settle it in the background."""
         self.running[run.job_id] = run
-        task = asyncio.get_running_loop().create_task(self._execute(pool, run, consumer))
+        call: Call | None = None
+        policy = pool.spec.async_policy
+        if time.time() - run.age_from <= policy.max_age_s:
+            call = pool.submit(run.method, run.path, run.query, run.headers, run.job_id, run.body)
+        task = asyncio.get_running_loop().create_task(self._execute(pool, run, consumer, call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(self, pool: WarmPool, run: Run, consumer: Consumer) -> None:
+    async def _execute(
+        self, pool: WarmPool, run: Run, consumer: Consumer, call: Call | None
+    ) -> None:
         started = time.perf_counter()
         try:
-            policy = pool.spec.async_policy
-            if time.time() - run.age_from > policy.max_age_s:
-                error = f"older than its max_age_s ({policy.max_age_s:g} s): not run again"
+            if call is None:
+                max_age_s = pool.spec.async_policy.max_age_s
+                error = f"older than its max_age_s ({max_age_s:g} s): not run again"
                 await self._settle(pool, run, Outcome(0, b"", b"", 0.0, error), consumer)
                 return
-            call = pool.submit(run.method, run.path, run.query, run.headers, run.job_id, run.body)
             try:
                 result = await call.future
             except (Overloaded, Unavailable):  # it never reached a worker
-                await self.store.requeue(run)
+                await _persist(lambda: self.store.requeue(run), run, self)
                 return
             except RuntimeFailure as exc:
                 status, headers, body = error_response(exc)
@@ -149,8 +167,8 @@ class AsyncCalls:
                     outcome.status, outcome.headers, outcome.body, outcome.duration_s, error
                 )
             await self._settle(pool, run, outcome, consumer)
-        except (RedisError, OSError) as exc:  # the lease lapses; another run takes the job
-            log.warning("async call %s of %s: Redis: %s", run.job_id, run.function, exc)
+        except (RedisError, OSError) as exc:  # given up: the lease lapses, the job runs again
+            log.error("async call %s of %s: Redis: %s", run.job_id, run.function, exc)
         except Exception:
             log.exception("async call %s of %s failed inside the gateway", run.job_id, run.function)
         finally:
@@ -161,17 +179,17 @@ class AsyncCalls:
         failed = bool(outcome.error)
         final = True
         if not failed:
-            kept = await self.store.finish(run, outcome)
+            kept = await _persist(lambda: self.store.finish(run, outcome), run, self)
             result = "finished"
         else:
             retry = run.attempt  # the retry this would be (1 for the first)
             wait_s = policy.backoff_before(retry) if run.retries_left > 0 else 0.0
             at = time.time() + wait_s
             if run.retries_left > 0 and at - run.age_from <= policy.max_age_s:
-                kept = await self.store.retry(run, outcome, at)
+                kept = await _persist(lambda: self.store.retry(run, outcome, at), run, self)
                 result, final = "retry", False
             else:
-                kept = await self.store.bury(run, outcome)
+                kept = await _persist(lambda: self.store.bury(run, outcome), run, self)
                 result = "dead"
         consumer.counted(not failed, outcome.duration_s)
         self.metrics.observe_async_run(run.function, result, outcome.duration_s)
@@ -199,7 +217,8 @@ class AsyncCalls:
             self.callback(run.callback_url, run.job_id, run.function, outcome)
 
     def callback(self, url: str, job_id: str, function: str, outcome: Outcome) -> None:
-        if self.sender is None:
+        if self.sender is None:  # closed
+            log.warning("async call %s: the node closed before its callback was sent", job_id)
             return
         content_type = ""
         for name, value in parse_header_block(outcome.headers):
@@ -216,10 +235,20 @@ class AsyncCalls:
         while not self.closing:
             try:
                 await self._round_once()
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
                 log.debug("async calls round: Redis: %s", exc)
             except Exception:
                 log.exception("async calls round failed")
+            await asyncio.sleep(ROUND_S)
+
+    async def _renew_leases(self) -> None:
+        """Every second, on its own: a slow round of reaps must not let leases lapse."""
+        while not self.closing:
+            try:
+                for run in await self.store.renew(list(self.running.values())):
+                    log.warning("async call %s: this node's lease on it lapsed", run.job_id)
+            except (RedisError, OSError) as exc:
+                log.warning("async calls: renewing leases: Redis: %s", exc)
             await asyncio.sleep(ROUND_S)
 
     def consumes(self, pool: WarmPool) -> bool:
@@ -228,12 +257,13 @@ class AsyncCalls:
         return not self.cloud or "cloud" in pool.spec.spill.to
 
     async def _round_once(self) -> None:
-        for name, pool in list(self.pools.items()):
-            consumer = self.consumers.get(name)
-            if (consumer is None or consumer.ended) and self.consumes(pool):
-                consumer = Consumer(self, name, self.boot)
-                self.consumers[name] = consumer
-                consumer.start()
+        if not self.stopping:
+            for name, pool in list(self.pools.items()):
+                consumer = self.consumers.get(name)
+                if (consumer is None or consumer.ended) and self.consumes(pool):
+                    consumer = Consumer(self, name, self.boot)
+                    self.consumers[name] = consumer
+                    consumer.start()
         store = self.store
         gone = [
             name
@@ -247,14 +277,14 @@ class AsyncCalls:
                     await consumer.stop()
                     farewell(pipe, consumer)
                 await pipe.execute()
-        for run in await store.renew(list(self.running.values())):
-            log.warning("async call %s: this node's lease on it lapsed", run.job_id)
         busy = {run.function for run in self.running.values()}
         async with store.redis.pipeline(transaction=False) as pipe:
             for consumer in self.consumers.values():
                 heartbeat(pipe, consumer, consumer.function in busy)
             await pipe.execute()
-        for name in list(self.consumers):
+        names = list(self.consumers)
+        await store.trim(names)
+        for name in names:
             await store.promote(name)
             for job_id, state in await store.reap(name):
                 log.warning("async call %s of %s: its node was lost; %s", job_id, name, state)
@@ -267,6 +297,23 @@ class AsyncCalls:
         if url and job is not None:
             error = job.get("ef_error", b"").decode()
             self.callback(url, job_id, function, Outcome(502, b"", error.encode(), 0.0, error))
+
+
+async def _persist(step: Callable[[], Awaitable[bool]], run: Run, calls: AsyncCalls) -> bool:
+    """Write a run's outcome, retrying while Redis is unreachable (the run stays in
+    ``running`` meanwhile, so its lease is renewed as soon as Redis answers again): an
+    outcome lost here would make the job run again. Gives up after ``PERSIST_S``."""
+    deadline = time.monotonic() + PERSIST_S
+    wait_s = 0.2
+    while True:
+        try:
+            return await step()
+        except (RedisError, OSError) as exc:
+            if time.monotonic() + wait_s > deadline or calls.closing:
+                raise
+            log.warning("async call %s: writing its outcome: Redis: %s; retrying", run.job_id, exc)
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, 5.0)
 
 
 def _error_message(body: bytes) -> str:

@@ -105,7 +105,8 @@ class JobStore:
 
     async def accept(self, call: NewCall) -> str | None:
         """Enqueue ``call``; None when it is new, else the status of the job that already
-        has its id (the same call sent twice is one job)."""
+        has its id (the same call sent twice is one job), or 'conflict' when that job is
+        another function's."""
         now = time.time()
         stamp = layout.rq_time(now)
         queue = self.queue(call.function)
@@ -136,7 +137,7 @@ class JobStore:
             "ef_attempts", 0,
         ]  # fmt: skip
         keys = [layout.job_key(call.job_id), layout.queue_key(queue), layout.QUEUES]
-        answer = await self._accept(keys=keys, args=[call.job_id, *fields])
+        answer = await self._accept(keys=keys, args=[call.job_id, queue, *fields])
         return None if answer == 1 else _text(answer)
 
     async def claim(self, function: str, count: int, worker: str, node: str) -> list[Run]:
@@ -254,6 +255,7 @@ class JobStore:
             now + DEAD_TTL_S,
             DEAD_TTL_S,
             layout.RQ,
+            self.prefix + ".",
         ]
         return _text(await self._cancel(keys=[layout.job_key(job_id)], args=args))
 
@@ -267,8 +269,22 @@ class JobStore:
     # ------------------------------------------------------------------ reading
 
     async def get(self, job_id: str) -> dict[str, bytes] | None:
+        """The job's fields; None when there is none, or it is not this mesh's."""
         raw: dict[Any, Any] = await self.redis.hgetall(layout.job_key(job_id))
-        return {_text(k): v for k, v in raw.items()} if raw else None
+        job = {_text(k): v for k, v in raw.items()}
+        if not _text(job.get("origin", b"")).startswith(self.prefix + "."):
+            return None
+        return job
+
+    async def trim(self, functions: list[str]) -> None:
+        """Drop the entries of finished, dead and canceled jobs whose time is up from the
+        registries of ``functions`` (their job hashes have expired by then)."""
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for function in functions:
+                for kind in ("finished", "failed", "canceled"):
+                    pipe.zremrangebyscore(self.registry(kind, function), "-inf", now)
+            await pipe.execute()
 
     async def dead_letters(self, function: str, limit: int) -> list[dict[str, Any]]:
         """The oldest ``limit`` dead letters of ``function``, with their fields."""
@@ -324,6 +340,7 @@ class JobStore:
             "ef_rb", outcome.body,
             "ef_dur", repr(outcome.duration_s),
             "ef_error", outcome.error,
+            "ef_lost", 0,  # lost runs are counted in a row
             *extra,
         ]  # fmt: skip
         args: list[Any] = [run.job_id, run.token, score, ttl_s, *fields]

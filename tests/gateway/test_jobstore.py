@@ -579,3 +579,63 @@ async def test_wait_times_out_on_an_empty_queue(store: JobStore) -> None:
 
     assert 0.9 <= time.monotonic() - started < 3
     assert await store.redis.exists(store.queue_key(FN)) == 0
+
+
+async def test_an_id_in_use_by_another_function_is_a_conflict_and_enqueues_nothing(
+    store: JobStore,
+) -> None:
+    await accepted(store, "shared")
+    other = new_call(store, "shared", function="other")
+    assert await store.accept(other) == "conflict"
+    assert await queued(store, "other") == []
+    assert await queued(store) == [job_id(store, "shared")]
+
+
+async def test_another_mesh_s_job_is_neither_shown_nor_canceled(
+    store: JobStore, redis_url: str
+) -> None:
+    [jid] = await accepted(store, "mine")
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        foreign = JobStore(client, client, store.prefix + "x")  # queue names "PREFIXx.…"
+        assert await foreign.get(jid) is None
+        assert await foreign.cancel(jid) == "missing"
+    finally:
+        await client.aclose()
+    assert await field(store, jid, "status") == "queued"
+    assert (await store.get(jid) or {})["status"] == b"queued"
+
+
+async def test_a_finished_job_keeps_its_result_but_not_the_call_s_headers_and_body(
+    store: JobStore,
+) -> None:
+    await accepted(store, "done", "dead")
+    done = await claim_one(store)
+    assert await store.finish(done, OK)
+    assert await field(store, done.job_id, "ef_h") is None
+    assert await field(store, done.job_id, "ef_b") is None
+    assert await field(store, done.job_id, "ef_rb") == "done"
+    dead = await claim_one(store)
+    assert await store.bury(dead, FAILED)
+    assert await field(store, dead.job_id, "ef_b") == "body of dead"  # kept for a redrive
+
+
+async def test_a_settled_run_resets_the_count_of_lost_runs(store: JobStore) -> None:
+    [jid] = await accepted(store, "lost-once")
+    run = await claim_one(store)
+    await store.redis.delete(store.leases + run.job_id)
+    assert await store.reap(FN) == [(jid, "queued")]
+    assert await field(store, jid, "ef_lost") == "1"
+    again = await claim_one(store)
+    assert await store.retry(again, FAILED, time.time() + 60)
+    assert await field(store, jid, "ef_lost") == "0"
+
+
+async def test_trim_drops_registry_entries_whose_time_is_up(store: JobStore) -> None:
+    for kind in ("finished", "failed", "canceled"):
+        await store.redis.zadd(
+            store.registry(kind, FN), {"gone": time.time() - 1, "kept": time.time() + 60}
+        )
+    await store.trim([FN])
+    for kind in ("finished", "failed", "canceled"):
+        assert await members(store, kind) == ["kept"]

@@ -13,7 +13,8 @@ is what a mesh's control plane is (not a cluster).
 
 from __future__ import annotations
 
-# KEYS: job, queue, rq:queues. ARGV: id, origin (queue name), then field/value pairs.
+# KEYS: job, queue, rq:queues. ARGV: id, origin (queue name), the job's field/value pairs
+# packed as LEN:BYTES each (see store.pack).
 # → 1 when accepted, else the status of the job already under that id, or 'conflict' when
 # that job belongs to another queue (another function, or another mesh or RQ app).
 ACCEPT = """
@@ -22,7 +23,14 @@ if status then
   if redis.call('HGET', KEYS[1], 'origin') ~= ARGV[2] then return 'conflict' end
   return status
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local packed, fields, pos = ARGV[3], {}, 1
+while pos <= #packed do
+  local colon = string.find(packed, ':', pos, true)
+  local size = tonumber(string.sub(packed, pos, colon - 1))
+  fields[#fields + 1] = string.sub(packed, colon + 1, colon + size)
+  pos = colon + size + 1
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], KEYS[2])
 return 1

@@ -80,9 +80,18 @@ def workers_of(queue: str) -> str:
 
 
 def rq_time(at: float | None = None) -> str:
-    """A time as RQ writes it (``utcformat``)."""
-    moment = datetime.fromtimestamp(time.time() if at is None else at, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A time as RQ writes it (``utcformat``: ``2026-11-27T11:21:33.123456Z``)."""
+    at = time.time() if at is None else at
+    second = int(at)
+    micro = round((at - second) * 1e6)
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    return f"{_utc_second(second)}.{micro:06d}Z"
+
+
+@lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 @lru_cache(maxsize=256)

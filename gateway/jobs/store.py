@@ -9,6 +9,7 @@ age exhausted — a dead letter in RQ's failed registry: shown as *dead*); ``can
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import zlib
@@ -17,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.jobs import layout, scripts
 
@@ -84,6 +86,8 @@ class JobStore:
         self.prefix = prefix
         self.leases = layout.lease_prefix(prefix)
         self._accept = redis.register_script(scripts.ACCEPT)
+        self._accepts: list[tuple[str, str, bytes, asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
         self._claim = redis.register_script(scripts.CLAIM)
         self._settle = redis.register_script(scripts.SETTLE)
         self._requeue = redis.register_script(scripts.REQUEUE)
@@ -125,9 +129,51 @@ class JobStore:
             b"ef_created", moment,
             b"ef_age_from", moment,
         )  # fmt: skip
-        keys = [layout.job_key(call.job_id), layout.queue_key(queue), layout.QUEUES]
-        answer = await self._accept(keys=keys, args=[call.job_id, queue, fields])
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._accepts.append((call.job_id, queue, fields, future))
+        if len(self._accepts) == 1:  # the first of this turn of the loop: send them soon
+            asyncio.get_running_loop().call_soon(self._send_accepts)
+        answer = await future
         return None if answer == 1 else _text(answer)
+
+    def _send_accepts(self) -> None:
+        batch, self._accepts = self._accepts, []
+        task = asyncio.get_running_loop().create_task(self._accept_batch(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _accept_batch(self, batch: list[tuple[str, str, bytes, asyncio.Future[Any]]]) -> None:
+        """Accepts that arrived in one turn of the event loop, in one pipeline: one write
+        and one read for all of them instead of one each (the accept path is bound by the
+        gateway's one core)."""
+        answers: list[Any] = []
+        try:
+            answers = await self._pipelined_accepts(batch)
+            if any(isinstance(a, NoScriptError) for a in answers):  # Redis lost its scripts
+                await self.redis.script_load(scripts.ACCEPT)
+                answers = await self._pipelined_accepts(batch)
+        except Exception as exc:  # Redis unreachable: every caller is told
+            answers = [exc] * len(batch)
+        finally:  # cancelled (the node is stopping): no caller waits for ever
+            for i, (_, _, _, future) in enumerate(batch):
+                if future.done():
+                    continue
+                answer = answers[i] if i < len(answers) else RedisError("not sent")
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+
+    async def _pipelined_accepts(
+        self, batch: list[tuple[str, str, bytes, asyncio.Future[Any]]]
+    ) -> list[Any]:
+        sha = self._accept.sha
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, queue, fields, _ in batch:
+                keys = (layout.job_key(job_id), layout.queue_key(queue), layout.QUEUES)
+                pipe.evalsha(sha, 3, *keys, job_id, queue, fields)
+            answers: list[Any] = await pipe.execute(raise_on_error=False)
+        return answers
 
     async def claim(self, function: str, count: int, worker: str, node: str) -> list[Run]:
         """Take up to ``count`` queued jobs of ``function`` for this node to run now."""

@@ -10,6 +10,7 @@ does not remove) are deleted at teardown.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import zlib
@@ -639,3 +640,22 @@ async def test_trim_drops_registry_entries_whose_time_is_up(store: JobStore) -> 
     await store.trim([FN])
     for kind in ("finished", "failed", "canceled"):
         assert await members(store, kind) == ["kept"]
+
+
+async def test_accepts_go_on_after_redis_lost_its_scripts(store: JobStore) -> None:
+    await accepted(store, "before")
+    await store.redis.script_flush()
+    calls = [new_call(store, f"after-{n}") for n in range(3)]
+    answers = await asyncio.gather(*(store.accept(call) for call in calls))
+    assert answers == [None, None, None]
+    assert await queued(store) == [
+        job_id(store, n) for n in ("before", "after-0", "after-1", "after-2")
+    ]
+
+
+async def test_accepts_that_arrive_together_are_each_answered(store: JobStore) -> None:
+    calls = [new_call(store, f"burst-{n}") for n in range(50)]
+    again = new_call(store, "burst-7")
+    answers = await asyncio.gather(*(store.accept(call) for call in [*calls, again]))
+    assert answers == [None] * 50 + ["queued"]
+    assert len(await queued(store)) == 50

@@ -37,6 +37,7 @@ bench: $(VENV)/.run
 	$(BIN)/python -m bench.invoke $(BENCH_ARGS)
 	$(BIN)/python -m bench.deploy
 	$(BIN)/python -m bench.spill
+	$(BIN)/python -m bench.asyncq
 
 clean:
 	rm -rf $(VENV) build *.egg-info

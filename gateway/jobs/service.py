@@ -72,6 +72,7 @@ class AsyncCalls:
         self._blocking: Redis | None = None
         self.consumers: dict[str, Consumer] = {}
         self.running: dict[str, Run] = {}  # job id → this node's run of it
+        self.settling: set[str] = set()  # job ids whose outcome is being written
         self._tasks: set[asyncio.Task[None]] = set()
         self._round: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -175,6 +176,15 @@ class AsyncCalls:
             self.running.pop(run.job_id, None)
 
     async def _settle(self, pool: WarmPool, run: Run, outcome: Outcome, consumer: Consumer) -> None:
+        self.settling.add(run.job_id)
+        try:
+            await self._settle_run(pool, run, outcome, consumer)
+        finally:
+            self.settling.discard(run.job_id)
+
+    async def _settle_run(
+        self, pool: WarmPool, run: Run, outcome: Outcome, consumer: Consumer
+    ) -> None:
         policy = pool.spec.async_policy
         failed = bool(outcome.error)
         final = True
@@ -246,7 +256,8 @@ class AsyncCalls:
         while not self.closing:
             try:
                 for run in await self.store.renew(list(self.running.values())):
-                    log.warning("async call %s: this node's lease on it lapsed", run.job_id)
+                    if run.job_id not in self.settling:  # settling drops its lease
+                        log.warning("async call %s: this node's lease on it lapsed", run.job_id)
             except (RedisError, OSError) as exc:
                 log.warning("async calls: renewing leases: Redis: %s", exc)
             await asyncio.sleep(ROUND_S)

@@ -48,3 +48,6 @@ RESERVED_PATH_PREFIXES = (
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024  # packed (gzip'd tar) size
 MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # sum of the archive members' sizes
 MAX_BUNDLE_MEMBERS = 20_000
+BATCH_MAX_SIZE_LIMIT = 256  # the largest batch.max_size
+BATCH_MAX_WAIT_MS = 5  # batch.max_wait_ms when not given
+BATCH_MAX_WAIT_LIMIT_MS = 1000  # the largest batch.max_wait_ms

@@ -28,19 +28,21 @@ from registry.errors import ManifestError
 from registry.specs import (
     SPILL_KEYS,
     AsyncSpec,
+    BatchSpec,
     FunctionSpec,
     HandlerRef,
     HttpTrigger,
     Manifest,
     PoolSpec,
     SpillSpec,
+    batch_fault,
 )
 from registry.yamltree import YamlTree, join_path, show_value
 
 _TOP_KEYS = ("version", "defaults", "functions")
 _DEFAULT_KEYS = ("pool", "spill", "async", "timeout_s", "memory_mb", "env")
-_FUNCTION_ONLY_KEYS = ("handler", "triggers", "files")
-_FUNCTION_KEYS = ("handler", "triggers", *_DEFAULT_KEYS, "files")
+_FUNCTION_ONLY_KEYS = ("handler", "triggers", "files", "batch")
+_FUNCTION_KEYS = ("handler", "triggers", *_DEFAULT_KEYS, "files", "batch")
 _POOL_KEYS = ("min", "max", "concurrency", "queue_max", "max_queue_wait_ms", "idle_timeout_s")
 _GROUPS = {
     "pool": _POOL_KEYS,
@@ -188,6 +190,7 @@ class _Checker:
         pool, spill, async_policy, timeout_s, memory_mb = self.settings(layer)
         triggers = self.triggers(block.get("triggers", []), f"{path}.triggers", name)
         files = self.files(block.get("files", []), f"{path}.files")
+        batch = self.batch(block["batch"], f"{path}.batch") if "batch" in block else None
         return FunctionSpec(
             name=name,
             handler=handler,
@@ -200,7 +203,18 @@ class _Checker:
             files=files,
             spill=spill,
             async_policy=async_policy,
+            batch=batch,
         )
+
+    def batch(self, value: object, path: str) -> BatchSpec:
+        block = self.mapping(value, path)
+        self.check_keys(block, path, ("max_size", "max_wait_ms"))
+        self.require(block, "max_size", path)
+        for key, item in block.items():
+            expected = batch_fault(key, item)
+            if expected is not None:
+                raise self.invalid(f"{path}.{key}", expected, item)
+        return BatchSpec(**block)  # type: ignore[arg-type]
 
     # -- settings that layer: function over defaults over built-in ------------------------
 

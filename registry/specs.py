@@ -198,6 +198,48 @@ class AsyncSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """Micro-batching: calls that queue while the function's workers are busy go to one
+    worker together, up to ``max_size``, through the module's ``handle_batch(events)``.
+    ``max_wait_ms`` is the longest a call may be held for its batch to fill. Bad values
+    raise ValueError (TypeError for a document that is not an object)."""
+
+    max_size: int
+    max_wait_ms: int = defaults.BATCH_MAX_WAIT_MS
+
+    def __post_init__(self) -> None:
+        for key in ("max_size", "max_wait_ms"):
+            problem = batch_fault(key, getattr(self, key))
+            if problem is not None:
+                raise ValueError(f"batch.{key}: expected {problem}, got {getattr(self, key)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_size": self.max_size, "max_wait_ms": self.max_wait_ms}
+
+    @classmethod
+    def from_dict(cls, data: object) -> BatchSpec:
+        if not isinstance(data, dict):
+            raise TypeError(f"batch: expected an object, got {data!r}")
+        unknown = set(data) - {"max_size", "max_wait_ms"}
+        if unknown:
+            raise ValueError(f"batch: unknown key {sorted(unknown)[0]!r}")
+        if "max_size" not in data:
+            raise ValueError("batch: missing key 'max_size'")
+        return cls(**data)
+
+
+def batch_fault(key: str, value: object) -> str | None:
+    """What a good ``batch.<key>`` looks like when ``value`` is not one, else None."""
+    if key == "max_size":
+        low, high = 2, defaults.BATCH_MAX_SIZE_LIMIT
+    else:
+        low, high = 0, defaults.BATCH_MAX_WAIT_LIMIT_MS
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"an integer from {low} to {high}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionSpec:
     """One function as declared in the manifest, with paths made absolute.
 
@@ -216,9 +258,10 @@ class FunctionSpec:
     files: tuple[Path, ...] = ()
     spill: SpillSpec = field(default_factory=SpillSpec)
     async_policy: AsyncSpec = field(default_factory=AsyncSpec)  # "async" in documents
+    batch: BatchSpec | None = None  # calls go to handle_batch when set
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        document = {
             "name": self.name,
             "handler": {
                 "kind": self.handler.kind,
@@ -242,6 +285,9 @@ class FunctionSpec:
             "spill": self.spill.to_dict(),
             "async": self.async_policy.to_dict(),
         }
+        if self.batch is not None:
+            document["batch"] = self.batch.to_dict()
+        return document
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FunctionSpec:
@@ -269,6 +315,7 @@ class FunctionSpec:
             files=tuple(Path(p) for p in data["files"]),
             spill=SpillSpec.from_dict(data["spill"]) if "spill" in data else SpillSpec(),
             async_policy=AsyncSpec.from_dict(data["async"]) if "async" in data else AsyncSpec(),
+            batch=BatchSpec.from_dict(data["batch"]) if data.get("batch") is not None else None,
         )
 
 

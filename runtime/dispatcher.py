@@ -40,6 +40,7 @@ class Dispatcher:
     ) -> None:
         """``timeout_failure`` makes the error for a call that waited ``max_wait_ms``."""
         self.concurrency = 1
+        self.batch_size = 0  # > 0: calls go to a worker in batches of up to this many
         self.free: list[WorkerLink] = []
         self.queue: deque[Call] = deque()
         self.links: dict[int, WorkerLink] = {}
@@ -52,6 +53,8 @@ class Dispatcher:
     def depth(self) -> int:
         """How many calls a worker may hold: its concurrency, plus one pipelined call for
         sync workers while calls are short."""
+        if self.batch_size:
+            return self.batch_size
         if self.concurrency == 1 and self._stats.service_s <= PIPELINE_MAX_SERVICE_S:
             return 2
         return self.concurrency
@@ -66,7 +69,7 @@ class Dispatcher:
                 free.pop()
                 link.in_free = False
             return True
-        if self.queue or self.depth() == self.concurrency:
+        if self.queue or self.batch_size or self.depth() == self.concurrency:
             return False
         for link in self.links.values():
             if link.phase is WorkerPhase.SERVING and len(link.calls) == 1:
@@ -82,6 +85,9 @@ class Dispatcher:
     def release(self, link: WorkerLink) -> None:
         """``link`` is serving and has room: fill it from the queue, or list it as free."""
         queue = self.queue
+        if self.batch_size:
+            self._release_batch(link)
+            return
         if queue:
             depth = self.depth()
             while queue and len(link.calls) < depth:
@@ -93,6 +99,28 @@ class Dispatcher:
                 link.in_free = True
             if count == 0:
                 link.idle_since = time.monotonic()
+
+    def _release_batch(self, link: WorkerLink) -> None:
+        """A batching worker takes its next batch once it has answered the whole last one
+        (its answers arrive together): every call queued meanwhile, up to ``batch_size``,
+        in one write, so that the worker reads them as one batch."""
+        if link.calls:
+            return
+        queue = self.queue
+        if not queue:
+            if not link.in_free:
+                self.free.append(link)
+                link.in_free = True
+            link.idle_since = time.monotonic()
+            return
+        batch = [queue.popleft() for _ in range(min(len(queue), self.batch_size))]
+        started = time.perf_counter()
+        link.head_started_at = started
+        for call in batch:
+            call.dispatched_at = started
+        link.send_batch(batch)
+        if not queue:
+            self._rearm_queue_timer()
 
     def withdraw(self, link: WorkerLink) -> None:
         """Take ``link`` off the free list (it is draining, dead or being killed)."""
@@ -115,8 +143,8 @@ class Dispatcher:
         the queue, where free workers pick them up at once."""
         calls = list(link.calls.values())
         link.calls.clear()
-        if self.concurrency > 1 or len(calls) <= 1:
-            return calls
+        if self.concurrency > 1 or len(calls) <= 1 or self.batch_size:
+            return calls  # (a batch's calls all started together)
         for call in reversed(calls[1:]):
             # Pipelined calls were sent when the queue was empty, so they are older than any
             # queued call: putting them first keeps the queue ordered by arrival, which the

@@ -32,11 +32,14 @@ class LoadedFunction:
     handle: Handler
     init: Callable[[Any], Any] | None
     is_async: bool
+    handle_batch: Callable[[list[Any]], Any] | None = None  # when the spec has ``batch``
 
 
 def load_function(spec: FunctionSpec) -> LoadedFunction:
     """Import the handler module named by ``spec`` and return its entry points."""
     if spec.handler.kind == "pickle":
+        if spec.batch is not None:
+            raise LoadError("batch: needs a module with handle_batch, not a pickled callable")
         return _unpickle(spec)
     module = _import(spec)
     handle = getattr(module, spec.handler.attr, None)
@@ -47,7 +50,16 @@ def load_function(spec: FunctionSpec) -> LoadedFunction:
     init = getattr(module, "init", None)
     if init is not None and not callable(init):
         raise LoadError(f"{spec.handler.target}: 'init' is not callable")
-    return LoadedFunction(handle, init, inspect.iscoroutinefunction(handle))
+    if spec.batch is None:
+        return LoadedFunction(handle, init, inspect.iscoroutinefunction(handle))
+    handle_batch = getattr(module, "handle_batch", None)
+    if handle_batch is None or not callable(handle_batch):
+        raise LoadError(
+            f"{spec.handler.target} defines no handle_batch(events), which batch: needs"
+        )
+    if inspect.iscoroutinefunction(handle_batch):
+        raise LoadError(f"{spec.handler.target}: handle_batch must be a plain def, not async")
+    return LoadedFunction(handle, init, False, handle_batch)
 
 
 def _unpickle(spec: FunctionSpec) -> LoadedFunction:

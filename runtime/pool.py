@@ -107,6 +107,7 @@ class WarmPool:
             return
         self.concurrency = self.spec.pool.concurrency if zygote.is_async else 1
         self.dispatch.concurrency = self.concurrency
+        self.dispatch.batch_size = self.spec.batch.max_size if self.spec.batch else 0
         self._set_state(PoolState.RUNNING)
         self._fill()
 

@@ -151,3 +151,17 @@ class FrameReader:
                 return None
             self._pending.extend(self._decoder.feed(data))
         return self._pending.pop(0)
+
+    def read_ready(self) -> Frame | None:
+        """The next frame if it has already arrived (never blocks), else None."""
+        if not self._pending:
+            try:
+                data = self._sock.recv(262144, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
+            if not data:
+                return None  # closed: the next read() says so
+            self._pending.extend(self._decoder.feed(data))
+            if not self._pending:
+                return None
+        return self._pending.pop(0)

@@ -73,6 +73,9 @@ def run(
         )
         if not _run_init(sock, spec, loaded, context):
             code = exits.EXIT_INIT_FAILED
+        elif loaded.handle_batch is not None and spec.batch is not None:
+            sock.sendall(encode(Kind.READY, 0, [b"%d" % os.getpid(), b"sync"]))
+            code = _serve_batches(sock, spec, loaded.handle_batch, spec.batch.max_size)
         elif loaded.is_async:
             sock.sendall(encode(Kind.READY, 0, [b"%d" % os.getpid(), b"async"]))
             code = asyncio.run(_serve_async(sock, spec, loaded.handle))
@@ -150,6 +153,71 @@ def _serve_sync(sock: socket.socket, spec: FunctionSpec, handle: Callable[[Any],
         except SoftTimeout:  # fired in the instant after the handler returned
             reply = _timeout_reply(spec)
         sock.sendall(_result_frame(frame.seq, reply, spec))
+
+
+def _serve_batches(
+    sock: socket.socket, spec: FunctionSpec, handle_batch: Callable[[Any], Any], max_size: int
+) -> int:
+    """Like :func:`_serve_sync`, but every call already waiting in the socket joins the
+    first one, up to ``max_size``: the gateway writes a batch's calls back to back."""
+    reader = FrameReader(sock)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    while True:
+        try:
+            frame = reader.read()
+            frames = [frame] if frame is not None else []
+            while frames and len(frames) < max_size:
+                more = reader.read_ready()
+                if more is None:
+                    break
+                frames.append(more)
+        except (ProtocolError, OSError):
+            return exits.EXIT_PROTOCOL
+        if not frames:
+            return exits.EXIT_OK
+        if any(f.kind != Kind.CALL for f in frames):
+            return exits.EXIT_PROTOCOL
+        events = [_event(f.fields) for f in frames]
+        try:
+            replies = _call_batch(handle_batch, events, spec)
+        except SoftTimeout:  # fired in the instant after handle_batch returned
+            replies = [_timeout_reply(spec)] * len(events)
+        sock.sendall(
+            b"".join(_result_frame(f.seq, r, spec) for f, r in zip(frames, replies, strict=True))
+        )
+
+
+def _call_batch(
+    handle_batch: Callable[[Any], Any], events: list[Event], spec: FunctionSpec
+) -> list[list[bytes]]:
+    """One reply per event: its item of ``handle_batch``'s list (an exception there fails
+    that call only), or the same failure for all when the batch as a whole fails."""
+    try:
+        signal.setitimer(signal.ITIMER_REAL, spec.timeout_s)
+        try:
+            items = handle_batch(events)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except SoftTimeout:
+        return [_timeout_reply(spec)] * len(events)
+    except Exception as exc:
+        return [_error_reply(exc, events[0], spec)] * len(events)
+    if not isinstance(items, list | tuple) or len(items) != len(events):
+        got = f"{len(items)} items" if isinstance(items, list | tuple) else type(items).__name__
+        problem = RenderError(f"handle_batch returned {got} for a batch of {len(events)} calls")
+        return [_error_reply(problem, events[0], spec)] * len(events)
+    replies = []
+    for event, item in zip(events, items, strict=True):
+        if isinstance(item, Exception):
+            replies.append(_error_reply(item, event, spec))
+            continue
+        try:
+            status, headers, body = render(item)
+        except Exception as exc:
+            replies.append(_error_reply(exc, event, spec))
+            continue
+        replies.append([b"%d" % status, b"%d" % Outcome.OK, build_header_block(headers), body])
+    return replies
 
 
 def _result_frame(seq: int, reply: list[bytes], spec: FunctionSpec) -> bytes:

@@ -121,6 +121,13 @@ class WorkerLink(asyncio.Protocol):
         if self._transport is not None:
             self._transport.write(call.frame)
 
+    def send_batch(self, calls: list[Call]) -> None:
+        """Write several CALL frames at once (a batch the worker reads together)."""
+        for call in calls:
+            self.calls[call.seq] = call
+        if self._transport is not None:
+            self._transport.write(b"".join([call.frame for call in calls]))
+
     def close(self) -> None:
         """Close the socket: the worker exits when it next reads."""
         self._closing = True

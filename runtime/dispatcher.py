@@ -41,6 +41,10 @@ class Dispatcher:
         """``timeout_failure`` makes the error for a call that waited ``max_wait_ms``."""
         self.concurrency = 1
         self.batch_size = 0  # > 0: calls go to a worker in batches of up to this many
+        self.batch_wait_s = 0.0  # the longest a call is held for its batch to fill
+        self._gap_s = 1.0  # recent time between two calls (batching pools only)
+        self._last_arrival = 0.0
+        self._batch_timer: asyncio.TimerHandle | None = None
         self.free: list[WorkerLink] = []
         self.queue: deque[Call] = deque()
         self.links: dict[int, WorkerLink] = {}
@@ -63,6 +67,8 @@ class Dispatcher:
         """Give ``call`` to a worker now if one can take it; False if it has to queue."""
         free = self.free
         if free:
+            if self.batch_size and self._worth_holding():
+                return False  # queued; _hold_for_batch sends it within batch_wait_s
             link = free[-1]
             self._dispatch(link, call)
             if len(link.calls) >= self.concurrency:
@@ -81,6 +87,37 @@ class Dispatcher:
         self.queue.append(call)
         if self._queue_timer is None:
             self._arm_queue_timer()
+        if self.batch_size and self.free:
+            self._hold_for_batch()
+
+    def _worth_holding(self) -> bool:
+        """A batching pool with a free worker holds a call for its batch to fill only when
+        another call is expected within ``batch_wait_s`` (calls have lately come closer
+        together than that) and the pool is already busy: an idle pool, or a lone caller,
+        never waits."""
+        now = time.perf_counter()
+        self._gap_s += 0.2 * (min(now - self._last_arrival, 1.0) - self._gap_s)
+        self._last_arrival = now
+        if not self.batch_wait_s or self._gap_s >= self.batch_wait_s:
+            return False
+        return any(link.calls for link in self.links.values())
+
+    def _hold_for_batch(self) -> None:
+        """Calls wait while a worker is free: send them when the batch is full, else when
+        the first of them has waited ``batch_wait_s``."""
+        if len(self.queue) >= self.batch_size:
+            self._send_held()
+        elif self._batch_timer is None:
+            self._batch_timer = self._loop.call_later(self.batch_wait_s, self._send_held)
+
+    def _send_held(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        while self.queue and self.free:
+            link = self.free.pop()
+            link.in_free = False
+            self._release_batch(link)
 
     def release(self, link: WorkerLink) -> None:
         """``link`` is serving and has room: fill it from the queue, or list it as free."""

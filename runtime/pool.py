@@ -107,7 +107,9 @@ class WarmPool:
             return
         self.concurrency = self.spec.pool.concurrency if zygote.is_async else 1
         self.dispatch.concurrency = self.concurrency
-        self.dispatch.batch_size = self.spec.batch.max_size if self.spec.batch else 0
+        if self.spec.batch is not None:
+            self.dispatch.batch_size = self.spec.batch.max_size
+            self.dispatch.batch_wait_s = self.spec.batch.max_wait_ms / 1000
         self._set_state(PoolState.RUNNING)
         self._fill()
 

@@ -14,7 +14,7 @@ from registry.specs import BatchSpec
 from runtime.errors import Unavailable
 from runtime.pool import WarmPool
 from runtime.worker_link import Result
-from tests.runtime.test_pool import make_spec, running
+from tests.runtime.test_pool import make_spec, running, until
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +108,27 @@ async def test_a_module_without_handle_batch_does_not_start() -> None:
     async with running(spec) as pool:
         with pytest.raises(Unavailable, match="defines no handle_batch"):
             await submit(pool, b"x", "c1")
+
+
+async def test_a_free_worker_holds_a_stream_of_calls_for_at_most_max_wait() -> None:
+    spec = dataclasses.replace(
+        make_spec("handle", module="tests.fixtures.batching", min=2, max=2),
+        name="batcher",
+        batch=BatchSpec(8, 100),
+    )
+    async with running(spec) as pool:
+        await until(lambda: pool.serving_count() == 2, "two workers")
+        busy = submit(pool, b"busy", "c0", b"sleep=1.5")  # one worker is taken
+        await asyncio.sleep(0.05)
+        sent: list[tuple[float, asyncio.Future[Result]]] = []
+        for n in range(24):  # a call every 10 ms: closer together than max_wait_ms
+            sent.append((time.perf_counter(), submit(pool, b"s%d" % n, f"s{n}")))
+            await asyncio.sleep(0.01)
+        answers = []
+        for at, future in sent:
+            result = await future
+            answers.append((time.perf_counter() - at, json.loads(result.body)["batch"]))
+        await busy
+    assert max(size for _, size in answers) > 1  # the stream was batched on the free worker
+    # held at most max_wait_ms (0.1 s) plus a batch's run: generous slack for a busy machine
+    assert max(waited for waited, _ in answers) < 1.0

@@ -66,8 +66,9 @@ class Dispatcher:
     def offer(self, call: Call) -> bool:
         """Give ``call`` to a worker now if one can take it; False if it has to queue."""
         free = self.free
+        hold = self.batch_size and self._worth_holding()  # (notes every arrival)
         if free:
-            if self.batch_size and self._worth_holding():
+            if hold:
                 return False  # queued; _hold_for_batch sends it within batch_wait_s
             link = free[-1]
             self._dispatch(link, call)

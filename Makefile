@@ -33,11 +33,12 @@ check: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(VENV)/.run
+bench: $(VENV)/.test  # the vision benchmark builds its model with onnx (test extra)
 	$(BIN)/python -m bench.invoke $(BENCH_ARGS)
 	$(BIN)/python -m bench.deploy
 	$(BIN)/python -m bench.spill
 	$(BIN)/python -m bench.asyncq
+	$(BIN)/python -m bench.vision
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -78,9 +78,11 @@ CLAIMED_FIELDS = (
     "retries_left",
 )
 
-# KEYS: job, wip, registry (finished, failed or scheduled), lease, queue.
-# ARGV: id, token, registry score, ttl seconds (0: keep), then field/value pairs, the first
-# of them the new status. A finished job drops the call's headers and body (its result is
+# KEYS: job, wip, registry (finished, failed or scheduled), lease, queue, callback outbox.
+# ARGV: id, token, registry score, ttl seconds (0: keep), when the callback is due (0: none
+# now — a retry), then field/value pairs, the first of them the new status. A final outcome
+# of a call with a callback URL enters the outbox in the same step, so no callback is lost
+# with the node that ran the call. A finished job drops the call's headers and body (its result is
 # kept; a failed one keeps them, to be redriven).
 # → 1 when this run's outcome was written, 0 when the job is no longer this run's (another
 # run took it, or it was settled or canceled). A run whose lease lapsed but whose job was
@@ -93,8 +95,11 @@ if status == 'queued' then
 elseif status ~= 'started' then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-if ARGV[6] == 'finished' then redis.call('HDEL', KEYS[1], 'ef_h', 'ef_b') end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+if ARGV[7] == 'finished' then redis.call('HDEL', KEYS[1], 'ef_h', 'ef_b') end
+if tonumber(ARGV[5]) > 0 and (redis.call('HGET', KEYS[1], 'ef_cb') or '') ~= '' then
+  redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1])
+end
 redis.call('ZREM', KEYS[2], ARGV[1] .. ':' .. ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
@@ -129,8 +134,8 @@ end
 return lost
 """
 
-# KEYS: wip, queue, failed. ARGV: job prefix, lease prefix, most lost runs, now (RQ format),
-# failed score, failure ttl, now (epoch).
+# KEYS: wip, queue, failed, callback outbox. ARGV: job prefix, lease prefix, most lost runs,
+# now (RQ format), failed score, failure ttl, now (epoch).
 # A run whose lease lapsed was abandoned (its node died or stalled): the job goes back to
 # the head of its queue, or — lost that many times in a row — becomes a dead letter.
 # → {id, 'queued' | 'dead'} pairs, flattened.
@@ -155,6 +160,9 @@ for _, member in ipairs(members) do
             'ef_error', 'its node was lost during each of its last ' .. lost .. ' runs')
           redis.call('ZADD', KEYS[3], ARGV[5], id)
           redis.call('EXPIRE', key, ARGV[6])
+          if (redis.call('HGET', key, 'ef_cb') or '') ~= '' then
+            redis.call('ZADD', KEYS[4], ARGV[7], id)
+          end
           out[#out + 1] = id
           out[#out + 1] = 'dead'
         else
@@ -232,4 +240,13 @@ for _, id in ipairs(ids) do
   end
 end
 return n
+"""
+
+# KEYS: callback outbox. ARGV: now (epoch), lease until (epoch), most.
+# Callbacks due (their first delivery's node died, or gave up at close) are taken for
+# another delivery: their due time moves to the lease's end. → the ids.
+CLAIM_CALLBACKS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
 """

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.callbacks import CallbackPolicy, CallbackSender
+from gateway.callbacks import CallbackPolicy, CallbackSender, Delivery
 from gateway.errors import error_response
 from gateway.jobs.consumer import Consumer, farewell, heartbeat
 from gateway.jobs.store import JobStore, Outcome, Run
@@ -227,17 +227,50 @@ class AsyncCalls:
             self.callback(run.callback_url, run.job_id, run.function, outcome)
 
     def callback(self, url: str, job_id: str, function: str, outcome: Outcome) -> None:
-        if self.sender is None:  # closed
-            log.warning("async call %s: the node closed before its callback was sent", job_id)
+        """Deliver the call's final outcome to ``url``; the outbox entry (written with the
+        outcome) goes once it is delivered or given up. If this node dies first, another
+        node sends it after ``CALLBACK_LEASE_S``."""
+        if self.sender is None:  # closed: the outbox keeps it for another node
             return
         content_type = ""
         for name, value in parse_header_block(outcome.headers):
             if name.lower() == "content-type":
                 content_type = value
         status = outcome.status or 500
-        self.sender.submit(
+        delivery = self.sender.submit(
             url, job_id, function, status, outcome.duration_s, outcome.body, content_type
         )
+        delivery.add_done_callback(lambda task: self._delivered(task, job_id))
+
+    def _delivered(self, delivery: asyncio.Task[Delivery], job_id: str) -> None:
+        if delivery.cancelled() or self.closing:
+            return  # the node is closing: the outbox keeps it
+        task = asyncio.get_running_loop().create_task(self._forget_callback(job_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forget_callback(self, job_id: str) -> None:
+        try:
+            await self.store.callback_done(job_id)
+        except (RedisError, OSError) as exc:  # sent again later: at least once
+            log.warning("async call %s: callback sent, outbox not cleared: %s", job_id, exc)
+
+    async def _send_due_callbacks(self) -> None:
+        """Callbacks another node (or this one, before a restart) did not confirm."""
+        for job_id in await self.store.due_callbacks():
+            job = await self.store.get(job_id)
+            url = job.get("ef_cb", b"").decode() if job else ""
+            if job is None or not url:
+                await self.store.callback_done(job_id)
+                continue
+            error = job.get("ef_error", b"").decode("utf-8", "replace")
+            status = int(job.get("ef_code", b"0") or 0) or 502
+            body = job.get("ef_rb", b"") or error.encode()
+            duration = float(job.get("ef_dur", b"0") or 0)
+            outcome = Outcome(status, job.get("ef_rh", b""), body, duration, error)
+            function = job.get("ef_fn", b"").decode()
+            log.info("async call %s: sending its callback again", job_id)
+            self.callback(url, job_id, function, outcome)
 
     # ------------------------------------------------------------------ rounds
 
@@ -299,15 +332,7 @@ class AsyncCalls:
             await store.promote(name)
             for job_id, state in await store.reap(name):
                 log.warning("async call %s of %s: its node was lost; %s", job_id, name, state)
-                if state == "dead":
-                    await self._dead_callback(job_id, name)
-
-    async def _dead_callback(self, job_id: str, function: str) -> None:
-        job = await self.store.get(job_id)
-        url = job.get("ef_cb", b"").decode() if job else ""
-        if url and job is not None:
-            error = job.get("ef_error", b"").decode()
-            self.callback(url, job_id, function, Outcome(502, b"", error.encode(), 0.0, error))
+        await self._send_due_callbacks()
 
 
 async def _persist(step: Callable[[], Awaitable[bool]], run: Run, calls: AsyncCalls) -> bool:

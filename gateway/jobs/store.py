@@ -26,6 +26,7 @@ RESULT_TTL_S = 24 * 3600  # a finished call's result is kept this long
 DEAD_TTL_S = 7 * 24 * 3600  # a dead letter (and a canceled call) is kept this long
 LEASE_MS = 4000  # a run's lease: renewed every second, lapses 4 s after its node stops
 MOST_LOST_RUNS = 5  # a job whose node was lost that many runs in a row becomes dead
+CALLBACK_LEASE_S = 90.0  # a callback not confirmed this long after it was due is sent again
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class JobStore:
         self._promote = redis.register_script(scripts.PROMOTE)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._redrive = redis.register_script(scripts.REDRIVE)
+        self._claim_callbacks = redis.register_script(scripts.CLAIM_CALLBACKS)
+        self.outbox = f"{prefix}:callbacks"
 
     def queue(self, function: str) -> str:
         return layout.queue_name(self.prefix, function)
@@ -200,7 +203,7 @@ class JobStore:
         longer this run's (see :data:`scripts.SETTLE`)."""
         now = time.time()
         return await self._settle_as(
-            run, "finished", now + RESULT_TTL_S, RESULT_TTL_S, "finished", now, outcome
+            run, "finished", now + RESULT_TTL_S, RESULT_TTL_S, "finished", now, outcome, True
         )
 
     async def retry(self, run: Run, outcome: Outcome, at: float) -> bool:
@@ -213,6 +216,7 @@ class JobStore:
             "scheduled",
             time.time(),
             outcome,
+            False,
             "retries_left", max(0, run.retries_left - 1),
             "ef_retry_at", repr(at),
         )  # fmt: skip
@@ -228,6 +232,7 @@ class JobStore:
             "failed",
             now,
             outcome,
+            True,
             "exc_info", zlib.compress(outcome.error.encode()),
         )  # fmt: skip
 
@@ -259,6 +264,7 @@ class JobStore:
             layout.registry_key("wip", queue),
             layout.queue_key(queue),
             layout.registry_key("failed", queue),
+            self.outbox,
         ]
         args: list[Any] = [
             layout.JOB_PREFIX,
@@ -271,6 +277,18 @@ class JobStore:
         ]
         flat = [_text(item) for item in await self._reap(keys=keys, args=args)]
         return list(zip(flat[::2], flat[1::2], strict=True))
+
+    async def due_callbacks(self, most: int = 50) -> list[str]:
+        """Callbacks whose delivery was not confirmed in time (its node died or closed),
+        leased to this node for another ``CALLBACK_LEASE_S``."""
+        now = time.time()
+        args: list[Any] = [repr(now), repr(now + CALLBACK_LEASE_S), most]
+        ids = await self._claim_callbacks(keys=[self.outbox], args=args)
+        return [_text(i) for i in ids]
+
+    async def callback_done(self, job_id: str) -> None:
+        """The callback was delivered, or given up after its retries."""
+        await self.redis.zrem(self.outbox, job_id)
 
     async def promote(self, function: str) -> int:
         """Move the retries of ``function`` that are due to its queue."""
@@ -356,6 +374,7 @@ class JobStore:
         status: str,
         now: float,
         outcome: Outcome,
+        final: bool,
         *extra: Any,
     ) -> bool:
         queue = self.queue(run.function)
@@ -365,6 +384,7 @@ class JobStore:
             layout.registry_key(registry, queue),
             self.leases + run.job_id,
             layout.queue_key(queue),
+            self.outbox,
         ]
         fields = [
             "status", status,
@@ -378,7 +398,8 @@ class JobStore:
             "ef_lost", 0,  # lost runs are counted in a row
             *extra,
         ]  # fmt: skip
-        args: list[Any] = [run.job_id, run.token, score, ttl_s, *fields]
+        due = now + CALLBACK_LEASE_S if final else 0
+        args: list[Any] = [run.job_id, run.token, score, ttl_s, due, *fields]
         return bool(await self._settle(keys=keys, args=args))
 
 

@@ -30,6 +30,7 @@ from rq.registry import (
 
 from gateway.jobs import layout
 from gateway.jobs.store import (
+    CALLBACK_LEASE_S,
     DEAD_TTL_S,
     LEASE_MS,
     MOST_LOST_RUNS,
@@ -659,3 +660,46 @@ async def test_accepts_that_arrive_together_are_each_answered(store: JobStore) -
     answers = await asyncio.gather(*(store.accept(call) for call in [*calls, again]))
     assert answers == [None] * 50 + ["queued"]
     assert len(await queued(store)) == 50
+
+
+async def outbox(store: JobStore) -> dict[str, float]:
+    return {
+        m.decode(): s for m, s in await store.redis.zrange(store.outbox, 0, -1, withscores=True)
+    }
+
+
+async def test_a_final_outcome_enters_the_callback_outbox_in_the_same_step(
+    store: JobStore,
+) -> None:
+    await accepted(store, "fin", "again", "dead")
+    runs = [await claim_one(store) for _ in range(2)]
+    assert await store.finish(runs[0], OK)
+    assert await store.retry(runs[1], FAILED, time.time() + 60)  # not final: no callback yet
+    dead_run = await claim_one(store)
+    assert await store.bury(dead_run, FAILED)
+    waiting = await outbox(store)
+    assert set(waiting) == {runs[0].job_id, dead_run.job_id}
+    for due in waiting.values():  # due only if the node that delivers it never confirms
+        assert time.time() + CALLBACK_LEASE_S - 5 < due <= time.time() + CALLBACK_LEASE_S
+    assert await store.due_callbacks() == []
+    await store.callback_done(runs[0].job_id)
+    assert set(await outbox(store)) == {dead_run.job_id}
+
+
+async def test_an_unconfirmed_callback_is_leased_again_to_one_node(store: JobStore) -> None:
+    await store.redis.zadd(store.outbox, {"j-due": time.time() - 1, "j-later": time.time() + 60})
+    assert await store.due_callbacks() == ["j-due"]
+    assert await store.due_callbacks() == []  # leased: not handed out twice
+    assert (await outbox(store))["j-due"] > time.time() + CALLBACK_LEASE_S - 5
+
+
+async def test_a_call_dead_after_its_node_was_lost_is_due_for_its_callback_at_once(
+    store: JobStore,
+) -> None:
+    [jid] = await accepted(store, "lost")
+    for _ in range(MOST_LOST_RUNS):
+        run = await claim_one(store)
+        await store.redis.delete(store.leases + run.job_id)
+        await store.reap(FN)
+    assert await field(store, jid, "status") == "failed"
+    assert await store.due_callbacks() == [jid]

@@ -72,7 +72,7 @@ class WarmPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting: asyncio.Task[None] | None = None
         self._hard_timeout_s = spec.timeout_s + KILL_GRACE_S
-        self.slot_freed = asyncio.Event()  # set when a worker takes its next call or starts
+        self.slot_freed = asyncio.Event()  # set when a worker comes free (or starts)
 
     @property
     def workers(self) -> dict[int, WorkerLink]:
@@ -301,7 +301,8 @@ class WarmPool:
             self.observer.cold_start(self.name, time.perf_counter() - call.queued_at)
         if link.phase is WorkerPhase.SERVING:
             self.dispatch.release(link)
-            self.slot_freed.set()
+            if link.in_free:  # it took no queued call: a slot is spare (for async calls)
+                self.slot_freed.set()
         elif link.phase is WorkerPhase.DRAINING and not link.calls:
             link.close()
 

@@ -48,6 +48,7 @@ log = logging.getLogger("edgefaas.jobs")
 ROUND_S = 1.0
 BLOCKING_TIMEOUT_S = 5.0  # socket timeout of the blocking client (> a wait)
 ERROR_PREVIEW = 300  # bytes of a failed answer's body kept as its error
+MOST_PENDING_CALLBACKS = 1000  # deliveries in flight per node (each holds a result body)
 PERSIST_S = 120.0  # how long a run's outcome is retried while Redis is unreachable
 
 
@@ -232,6 +233,13 @@ class AsyncCalls:
         node sends it after ``CALLBACK_LEASE_S``."""
         if self.sender is None:  # closed: the outbox keeps it for another node
             return
+        if self.sender.pending >= MOST_PENDING_CALLBACKS:  # a receiver is slow or gone
+            log.warning(
+                "async call %s: %d callbacks in flight; this one waits in the outbox",
+                job_id,
+                self.sender.pending,
+            )
+            return
         content_type = ""
         for name, value in parse_header_block(outcome.headers):
             if name.lower() == "content-type":
@@ -257,7 +265,10 @@ class AsyncCalls:
 
     async def _send_due_callbacks(self) -> None:
         """Callbacks another node (or this one, before a restart) did not confirm."""
-        for job_id in await self.store.due_callbacks():
+        room = MOST_PENDING_CALLBACKS - (self.sender.pending if self.sender else 0)
+        if room <= 0:
+            return
+        for job_id in await self.store.due_callbacks(min(room, 50)):
             job = await self.store.get(job_id)
             url = job.get("ef_cb", b"").decode() if job else ""
             if job is None or not url:

@@ -7,7 +7,8 @@ import pytest
 from gateway.errors import BadRequest
 from gateway.jobs.accept import _split_headers
 from gateway.jobs.routes import call_view
-from gateway.jobs.service import _error_message
+from gateway.jobs.service import MOST_PENDING_CALLBACKS, AsyncCalls, _error_message
+from gateway.jobs.store import Outcome
 
 
 def job(**fields: str | bytes) -> dict[str, bytes]:
@@ -92,3 +93,29 @@ def test_a_failed_run_s_error_is_the_message_of_an_error_body() -> None:
     assert _error_message(b"plain text from a handler") == "plain text from a handler"
     assert _error_message(b'{"error": "flat"}') == '{"error": "flat"}'
     assert len(_error_message(b"x" * 5000)) == 300
+
+
+class FakeSender:
+    def __init__(self, pending: int) -> None:
+        self.pending = pending
+        self.sent: list[str] = []
+
+    def submit(self, url: str, job_id: str, *rest: object) -> object:
+        self.sent.append(job_id)
+
+        class Done:
+            def add_done_callback(self, callback: object) -> None:
+                pass
+
+        return Done()
+
+
+@pytest.mark.parametrize(("pending", "sent"), [(0, ["c1"]), (MOST_PENDING_CALLBACKS, [])])
+def test_callbacks_beyond_the_in_flight_cap_wait_in_the_outbox(
+    pending: int, sent: list[str]
+) -> None:
+    calls = AsyncCalls.__new__(AsyncCalls)  # only the callback path is used
+    sender = FakeSender(pending)
+    calls.sender = sender  # type: ignore[assignment]
+    calls.callback("http://hooks.example/x", "c1", "f", Outcome(200, b"", b"ok", 0.1))
+    assert sender.sent == sent

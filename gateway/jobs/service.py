@@ -193,7 +193,9 @@ class AsyncCalls:
             kept = await _persist(lambda: self.store.finish(run, outcome), run, self)
             result = "finished"
         else:
-            retry = run.attempt  # the retry this would be (1 for the first)
+            # the retry this would be (1 for the first): counted from the retries left, so
+            # runs lost with their node and earlier runs before a redrive do not count
+            retry = max(1, policy.retries - run.retries_left + 1)
             wait_s = policy.backoff_before(retry) if run.retries_left > 0 else 0.0
             at = time.time() + wait_s
             if run.retries_left > 0 and at - run.age_from <= policy.max_age_s:

@@ -126,12 +126,7 @@ class Invoker:
         given, length, deadline_s, forwarded = self._read_headers(scope["headers"])
         route.call_id = given or route.call_id
         route.forwarded = forwarded
-        if "/." in scope["path"]:
-            _refuse_dot_segments(scope["path"])
-        if methods is not None and scope["method"] not in methods:
-            raise MethodNotAllowed(
-                f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
-            )
+        check_target(scope, path, methods)
         if pool is None:
             raise _refused_if(forwarded, NotFound(f"no function named {name!r} here"))
         if length > self.max_body:
@@ -329,6 +324,16 @@ class Refused(Exception):
 
 def _refused_if(forwarded: bool, error: GatewayError) -> Exception:
     return Refused(error, error.code) if forwarded else error
+
+
+def check_target(scope: Scope, path: str, methods: tuple[str, ...] | None) -> None:
+    """Refuse a call's path with dot segments, and a method its trigger does not take."""
+    if "/." in scope["path"]:
+        _refuse_dot_segments(scope["path"])
+    if methods is not None and scope["method"] not in methods:
+        raise MethodNotAllowed(
+            f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
+        )
 
 
 def _refuse_dot_segments(path: str) -> None:

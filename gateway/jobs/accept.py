@@ -24,13 +24,12 @@ from gateway.errors import (
     Conflict,
     GatewayError,
     Headers,
-    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     error_response,
     internal_error_response,
 )
-from gateway.invoke import ClientGone
+from gateway.invoke import ClientGone, check_target
 from gateway.jobs.layout import shown_status
 from gateway.jobs.store import NewCall
 from runtime.errors import Unavailable
@@ -86,12 +85,7 @@ class Acceptor:
         path: str,
         methods: tuple[str, ...] | None,
     ) -> tuple[int, Headers, bytes]:
-        if "/." in scope["path"] and {".", ".."} & set(scope["path"].split("/")):
-            raise BadRequest(f"{scope['path'][:200]}: a function's path may not contain . or ..")
-        if methods is not None and scope["method"] not in methods:
-            raise MethodNotAllowed(
-                f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
-            )
+        check_target(scope, path, methods)
         pool = self.pools.get(name)
         if pool is None:
             raise NotFound(f"no function named {name!r} here")

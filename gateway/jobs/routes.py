@@ -67,14 +67,15 @@ async def cancel_call(request: Request) -> Response:
 
 async def list_dead_letters(request: Request) -> Response:
     """
-    summary: "Dead letters (async calls that exhausted their retries or age): one function or all"
+    summary: "Dead letters (async calls that exhausted their retries or age): one function, or
+      every function of the mesh that has had an async call"
     responses:
       200: {description: '{"count": n, "dead_letters": [{call_id, function, failed_at, attempts,
         last_error}]}'}
     """
     calls = _calls(request)
     name = request.path_params.get("name")
-    names = [name] if name else sorted(node_of(request).supervisor.pools)
+    names = [name] if name else await _redis(calls.store.functions())
     limit = _limit(request)
     letters: list[dict[str, Any]] = []
     count = 0

@@ -355,6 +355,13 @@ class JobStore:
             if row[0] is not None
         ]
 
+    async def functions(self) -> list[str]:
+        """Every function of this mesh that has had an async call: the queues in RQ's list
+        of queues under this mesh's prefix."""
+        start = layout.queue_key(self.queue(""))
+        keys: set[Any] = await self.redis.smembers(layout.QUEUES)
+        return sorted(k[len(start) :] for k in map(_text, keys) if k.startswith(start))
+
     async def dead_count(self, function: str) -> int:
         return int(await self.redis.zcard(self.registry("failed", function)))
 

@@ -115,6 +115,7 @@ class Acceptor:
             idempotency_key=idempotency_key,
             retries=pool.spec.async_policy.retries,
             timeout_s=pool.spec.timeout_s,
+            lane=self.calls.accept_lane(pool),
         )
         try:
             existing = await self.calls.store.accept(call)

@@ -1,5 +1,6 @@
-"""One function's consumer on one node: takes queued calls of the function while the
-node's workers for it have spare slots, and shows itself to RQ's tools as an RQ worker.
+"""One function's consumer on one node: takes queued calls of the function from the lanes
+this node drains (:mod:`gateway.jobs.lanes`) while the node's workers for it have spare
+slots, and shows itself to RQ's tools as an RQ worker.
 
 Arbitration with sync calls: a consumer claims only as many jobs as
 :meth:`~runtime.pool.WarmPool.spare_slots` says — none while a sync call waits in the
@@ -27,6 +28,7 @@ from gateway.jobs import layout
 
 if TYPE_CHECKING:
     from gateway.jobs.service import AsyncCalls
+    from gateway.jobs.store import Run
 
 log = logging.getLogger("edgefaas.jobs")
 
@@ -41,10 +43,10 @@ RQ_VERSION = version("rq")
 class Consumer:
     """Claims jobs of ``function`` for this node; see the module's docstring."""
 
-    def __init__(self, calls: AsyncCalls, function: str, boot: str) -> None:
+    def __init__(self, calls: AsyncCalls, function: str, boot: str, lanes: list[str]) -> None:
         self.calls = calls
         self.function = function
-        self.queue = calls.store.queue(function)
+        self.lanes = lanes  # claimed in this order; the first is the one waited on
         self.worker = f"{calls.node_name}.{function}.{boot}"
         self.key = layout.WORKER_PREFIX + self.worker
         self.birth = layout.rq_time()
@@ -67,12 +69,16 @@ class Consumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
 
+    @property
+    def queues(self) -> list[str]:
+        return [self.calls.store.queue(lane) for lane in self.lanes]
+
     async def _run(self) -> None:
         calls = self.calls
         backlog = False
         while not calls.stopping:
             pool = calls.pools.get(self.function)
-            if pool is None or not calls.consumes(pool):
+            if pool is None:
                 return
             spare = pool.spare_slots()
             try:
@@ -84,10 +90,10 @@ class Consumer:
                         await asyncio.wait_for(pool.slot_freed.wait(), SLOT_WAIT_S)
                     continue
                 count = min(spare, MOST_CLAIMED)
-                runs = await calls.store.claim(self.function, count, self.worker, calls.node_name)
+                runs = await self._claim(count)
                 backlog = len(runs) == count
                 if not runs:
-                    await calls.store.wait(self.function, WAIT_S)
+                    await calls.store.wait(self.lanes[0], WAIT_S)
                     continue
                 for run in runs:
                     calls.execute(pool, run, self)
@@ -99,13 +105,25 @@ class Consumer:
                 log.exception("async calls of %s: the consumer failed; going on", self.function)
                 await asyncio.sleep(RETRY_S)
 
+    async def _claim(self, count: int) -> list[Run]:
+        """Up to ``count`` runs, from the lanes in order (the next lane only when the
+        ones before it had too few)."""
+        runs: list[Run] = []
+        for lane in list(self.lanes):
+            runs += await self.calls.store.claim(
+                lane, count - len(runs), self.worker, self.calls.node_name
+            )
+            if len(runs) == count:
+                break
+        return runs
+
     # ------------------------------------------------------------ RQ's view of it
 
     def record(self, busy: bool) -> dict[Any, Any]:
         """The fields of an RQ worker record (what ``rq info`` reads)."""
         return {
             "name": self.worker,
-            "queues": self.queue,
+            "queues": ",".join(self.queues),
             "state": "busy" if busy else "idle",
             "birth": self.birth,
             "last_heartbeat": layout.rq_time(),
@@ -131,11 +149,15 @@ def heartbeat(pipe: Pipeline, consumer: Consumer, busy: bool) -> None:
     pipe.hset(consumer.key, mapping=consumer.record(busy))
     pipe.expire(consumer.key, WORKER_TTL_S)
     pipe.sadd(layout.WORKERS, consumer.key)
-    pipe.sadd(layout.workers_of(consumer.queue), consumer.key)
+    for queue in consumer.queues:
+        pipe.sadd(layout.workers_of(queue), consumer.key)
 
 
-def farewell(pipe: Pipeline, consumer: Consumer) -> None:
-    """Queue the commands that remove ``consumer``'s RQ worker record."""
-    pipe.srem(layout.WORKERS, consumer.key)
-    pipe.srem(layout.workers_of(consumer.queue), consumer.key)
-    pipe.delete(consumer.key)
+def farewell(pipe: Pipeline, consumer: Consumer, lanes: list[str] | None = None) -> None:
+    """Queue the commands that remove ``consumer``'s RQ worker record (or, given
+    ``lanes``, only its entries in those lanes' lists of workers)."""
+    for lane in consumer.lanes if lanes is None else lanes:
+        pipe.srem(layout.workers_of(consumer.calls.store.queue(lane)), consumer.key)
+    if lanes is None:
+        pipe.srem(layout.WORKERS, consumer.key)
+        pipe.delete(consumer.key)

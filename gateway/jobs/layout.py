@@ -5,7 +5,7 @@ rq-dashboard show edgefaas's queues, jobs and workers as they show any RQ deploy
 key                             holds
 ==============================  =========================================================
 ``rq:queues``                   set of queue keys (RQ's list of queues)
-``rq:queue:Q``                  list of job ids waiting, oldest first (Q = ``PREFIX.NAME``)
+``rq:queue:Q``                  list of job ids waiting, oldest first (Q = ``PREFIX.LANE``)
 ``rq:job:ID``                   the job: RQ's fields and the call's (``ef_*``, below)
 ``rq:wip:Q``                    RQ's StartedJobRegistry: ``ID:TOKEN`` → far-future score
 ``rq:scheduled:Q``              jobs waiting for a retry: ID → when (epoch seconds)
@@ -17,8 +17,11 @@ key                             holds
 ``PREFIX:lease:ID``             the run's token while a node runs it (expires in seconds)
 ==============================  =========================================================
 
-A queue is named ``PREFIX.NAME`` (the mesh's key prefix and the function name), so two
-meshes sharing one Redis keep their queues apart and ``rq info`` names both parts.
+A queue is named ``PREFIX.LANE`` (the mesh's key prefix and a lane), so two meshes sharing
+one Redis keep their queues apart and ``rq info`` names both parts. A function has a lane
+``NAME`` that every node running it drains (calls that may go to peers) and a lane
+``NAME@NODE`` per node (calls that must stay on the node that accepted them, or go only to
+the cloud): see :func:`lane`.
 """
 
 from __future__ import annotations
@@ -54,8 +57,18 @@ CALL_FIELDS = (
 )
 
 
-def queue_name(prefix: str, function: str) -> str:
-    return f"{prefix}.{function}"
+def lane(function: str, node: str = "") -> str:
+    """The lane of ``function``'s calls: shared by every node (no ``node``), or ``node``'s
+    own. Function names have no ``@``, so :func:`lane_function` splits it back."""
+    return f"{function}@{node}" if node else function
+
+
+def lane_function(name: str) -> str:
+    return name.partition("@")[0]
+
+
+def queue_name(prefix: str, lane: str) -> str:
+    return f"{prefix}.{lane}"
 
 
 def queue_key(queue: str) -> str:

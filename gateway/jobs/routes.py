@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from gateway.admin import admin, json_object, node_of
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.jobs import layout
 from gateway.jobs.accept import JOB_ID
 from gateway.jobs.layout import shown_status
 from gateway.jobs.service import AsyncCalls
@@ -74,17 +75,23 @@ async def list_dead_letters(request: Request) -> Response:
         last_error}]}'}
     """
     calls = _calls(request)
-    name = request.path_params.get("name")
-    names = [name] if name else await _redis(calls.store.functions())
     limit = _limit(request)
     letters: list[dict[str, Any]] = []
     count = 0
-    for function in names:
-        count += await _redis(calls.store.dead_count(function))
+    for lane in await _lanes(request):
+        count += await _redis(calls.store.dead_count(lane))
         if len(letters) < limit:
-            rows = await _redis(calls.store.dead_letters(function, limit - len(letters)))
-            letters.extend(_letter(function, row) for row in rows)
+            rows = await _redis(calls.store.dead_letters(lane, limit - len(letters)))
+            letters.extend(_letter(layout.lane_function(lane), row) for row in rows)
     return JSONResponse({"count": count, "dead_letters": letters})
+
+
+async def _lanes(request: Request) -> list[str]:
+    """The lanes of the function named in the path (every lane, when none is), by function."""
+    name = request.path_params.get("name")
+    lanes = await _redis(_calls(request).store.lanes())
+    chosen = [lane for lane in lanes if name is None or layout.lane_function(lane) == name]
+    return sorted(chosen, key=lambda lane: (layout.lane_function(lane), lane))
 
 
 async def redrive(request: Request) -> Response:
@@ -106,7 +113,9 @@ async def redrive(request: Request) -> Response:
         raise BadRequest("body.call_ids: expected a list of call ids")
     pool = node_of(request).supervisor.pools.get(name)
     retries = pool.spec.async_policy.retries if pool is not None else defaults.ASYNC_RETRIES
-    count = await _redis(_calls(request).store.redrive(name, retries, ids))
+    count = 0
+    for lane in await _lanes(request):
+        count += await _redis(_calls(request).store.redrive(lane, retries, ids))
     return JSONResponse({"redriven": count})
 
 

@@ -3,11 +3,13 @@ function it runs, the runs in flight, and a once-a-second round that
 
 - renews the leases of this node's runs (a lease lapses ``LEASE_MS`` after its node stops
   renewing it — the only sign of a node killed mid-run that needs no clock agreement);
-- reaps runs of its functions whose lease lapsed, on any node: their jobs go back to the
-  head of the queue and run on whichever node is free (``MOST_LOST_RUNS`` lost runs in a
-  row make a dead letter);
+- reaps runs of the lanes it drains whose lease lapsed, on any node: their jobs go back to
+  the head of their queue and run on whichever node drains it and is free
+  (``MOST_LOST_RUNS`` lost runs in a row make a dead letter);
 - moves retries that are due to their queues;
 - keeps the consumers' RQ worker records alive.
+
+Where a call runs follows the function's ``spill.to``: see :mod:`gateway.jobs.lanes`.
 
 How a run ends: an answer with status < 500 finishes the call; ≥ 500 (a handler's error,
 a crash, a timeout) is a failed run, retried after the function's ``async.backoff_s`` while
@@ -34,6 +36,7 @@ from redis.exceptions import RedisError
 from gateway.callbacks import CallbackPolicy, CallbackSender, Delivery
 from gateway.errors import error_response
 from gateway.jobs.consumer import Consumer, farewell, heartbeat
+from gateway.jobs.lanes import accept_lane, drained_lanes
 from gateway.jobs.store import JobStore, Outcome, Run
 from runtime.errors import Overloaded, RuntimeFailure, Unavailable
 from runtime.event import parse_header_block
@@ -308,43 +311,46 @@ class AsyncCalls:
                 log.warning("async calls: renewing leases: Redis: %s", exc)
             await asyncio.sleep(ROUND_S)
 
-    def consumes(self, pool: WarmPool) -> bool:
-        """Edge nodes take any function's async calls; the cloud node only those of
-        functions allowed to spill to the cloud (``spill.to`` lists it)."""
-        return not self.cloud or "cloud" in pool.spec.spill.to
+    def accept_lane(self, pool: WarmPool) -> str:
+        """The lane of a call of ``pool``'s function accepted here."""
+        return accept_lane(pool.spec.name, pool.spec.spill.to, self.node_name, self.cloud)
+
+    def lanes_for(self, pool: WarmPool, known: set[str]) -> list[str]:
+        """The lanes this node drains for ``pool``'s function (``known``: those that exist)."""
+        spec = pool.spec
+        return drained_lanes(spec.name, spec.spill.to, self.node_name, self.cloud, known)
 
     async def _round_once(self) -> None:
+        store = self.store
+        known = set(await store.lanes())
         if not self.stopping:
             for name, pool in list(self.pools.items()):
                 consumer = self.consumers.get(name)
-                if (consumer is None or consumer.ended) and self.consumes(pool):
-                    consumer = Consumer(self, name, self.boot)
+                if consumer is None or consumer.ended:
+                    consumer = Consumer(self, name, self.boot, self.lanes_for(pool, known))
                     self.consumers[name] = consumer
                     consumer.start()
-        store = self.store
-        gone = [
-            name
-            for name in self.consumers
-            if name not in self.pools or not self.consumes(self.pools[name])
-        ]
-        if gone:
-            async with store.redis.pipeline(transaction=False) as pipe:
-                for name in gone:
-                    consumer = self.consumers.pop(name)
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for name, consumer in list(self.consumers.items()):
+                running = self.pools.get(name)
+                if running is None:
+                    del self.consumers[name]
                     await consumer.stop()
                     farewell(pipe, consumer)
-                await pipe.execute()
-        busy = {run.function for run in self.running.values()}
-        async with store.redis.pipeline(transaction=False) as pipe:
+                    continue
+                lanes = self.lanes_for(running, known)
+                farewell(pipe, consumer, [x for x in consumer.lanes if x not in lanes])
+                consumer.lanes = lanes
+            busy = {run.function for run in self.running.values()}
             for consumer in self.consumers.values():
                 heartbeat(pipe, consumer, consumer.function in busy)
             await pipe.execute()
-        names = list(self.consumers)
-        await store.trim(names)
-        for name in names:
-            await store.promote(name)
-            for job_id, state in await store.reap(name):
-                log.warning("async call %s of %s: its node was lost; %s", job_id, name, state)
+        lanes = [lane for consumer in self.consumers.values() for lane in consumer.lanes]
+        await store.trim(lanes)
+        for lane in lanes:
+            await store.promote(lane)
+            for job_id, state in await store.reap(lane):
+                log.warning("async call %s (%s): its node was lost; %s", job_id, lane, state)
         await self._send_due_callbacks()
 
 

@@ -44,6 +44,7 @@ class NewCall:
     idempotency_key: str
     retries: int
     timeout_s: float
+    lane: str = ""  # the queue's lane (see layout.lane); the function's shared one if empty
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Run:
     idempotency_key: str
     age_from: float
     retries_left: int
+    lane: str  # the lane it was claimed from: its outcome goes to that queue's registries
 
 
 @dataclass(frozen=True)
@@ -100,14 +102,14 @@ class JobStore:
         self._claim_callbacks = redis.register_script(scripts.CLAIM_CALLBACKS)
         self.outbox = f"{prefix}:callbacks"
 
-    def queue(self, function: str) -> str:
-        return layout.queue_name(self.prefix, function)
+    def queue(self, lane: str) -> str:
+        return layout.queue_name(self.prefix, lane)
 
-    def queue_key(self, function: str) -> str:
-        return layout.queue_key(self.queue(function))
+    def queue_key(self, lane: str) -> str:
+        return layout.queue_key(self.queue(lane))
 
-    def registry(self, kind: str, function: str) -> str:
-        return layout.registry_key(kind, self.queue(function))
+    def registry(self, kind: str, lane: str) -> str:
+        return layout.registry_key(kind, self.queue(lane))
 
     # ------------------------------------------------------------------ steps
 
@@ -118,7 +120,7 @@ class JobStore:
         now = time.time()
         stamp = layout.rq_time(now).encode()
         moment = repr(now).encode()
-        queue = self.queue(call.function)
+        queue = self.queue(call.lane or call.function)
         fields = _constant_fields(queue, call.function, call.retries, call.timeout_s) + pack(
             b"created_at", stamp,
             b"enqueued_at", stamp,
@@ -178,10 +180,10 @@ class JobStore:
             answers: list[Any] = await pipe.execute(raise_on_error=False)
         return answers
 
-    async def claim(self, function: str, count: int, worker: str, node: str) -> list[Run]:
-        """Take up to ``count`` queued jobs of ``function`` for this node to run now."""
+    async def claim(self, lane: str, count: int, worker: str, node: str) -> list[Run]:
+        """Take up to ``count`` queued jobs of ``lane`` for this node to run now."""
         now = time.time()
-        queue = self.queue(function)
+        queue = self.queue(lane)
         args: list[Any] = [
             count,
             layout.JOB_PREFIX,
@@ -196,7 +198,7 @@ class JobStore:
         ]
         keys = [layout.queue_key(queue), layout.registry_key("wip", queue)]
         rows = await self._claim(keys=keys, args=args)
-        return [_run(row) for row in rows]
+        return [_run(row, lane) for row in rows]
 
     async def finish(self, run: Run, outcome: Outcome) -> bool:
         """The run answered: its result is kept ``RESULT_TTL_S``. False if the job was no
@@ -238,7 +240,7 @@ class JobStore:
 
     async def requeue(self, run: Run) -> bool:
         """The run never reached a worker: back to the head of the queue, uncounted."""
-        queue = self.queue(run.function)
+        queue = self.queue(run.lane)
         keys = [
             layout.job_key(run.job_id),
             layout.registry_key("wip", queue),
@@ -255,11 +257,11 @@ class JobStore:
         lost = await self._renew(keys=keys, args=[LEASE_MS, *(run.token for run in runs)])
         return [runs[int(i) - 1] for i in lost]
 
-    async def reap(self, function: str) -> list[tuple[str, str]]:
-        """Runs of ``function`` whose lease lapsed: requeued, or dead after
+    async def reap(self, lane: str) -> list[tuple[str, str]]:
+        """Runs of ``lane`` whose lease lapsed: requeued, or dead after
         ``MOST_LOST_RUNS``; returns (job id, 'queued' | 'dead') pairs."""
         now = time.time()
-        queue = self.queue(function)
+        queue = self.queue(lane)
         keys = [
             layout.registry_key("wip", queue),
             layout.queue_key(queue),
@@ -290,10 +292,10 @@ class JobStore:
         """The callback was delivered, or given up after its retries."""
         await self.redis.zrem(self.outbox, job_id)
 
-    async def promote(self, function: str) -> int:
-        """Move the retries of ``function`` that are due to its queue."""
+    async def promote(self, lane: str) -> int:
+        """Move the retries of ``lane`` that are due to its queue."""
         now = time.time()
-        queue = self.queue(function)
+        queue = self.queue(lane)
         keys = [layout.registry_key("scheduled", queue), layout.queue_key(queue)]
         args: list[Any] = [layout.JOB_PREFIX, repr(now), layout.rq_time(now)]
         return int(await self._promote(keys=keys, args=args))
@@ -312,10 +314,11 @@ class JobStore:
         ]
         return _text(await self._cancel(keys=[layout.job_key(job_id)], args=args))
 
-    async def redrive(self, function: str, retries: int, job_ids: list[str]) -> int:
-        """Put dead letters of ``function`` (all, or ``job_ids``) back in its queue."""
+    async def redrive(self, lane: str, retries: int, job_ids: list[str]) -> int:
+        """Put dead letters of ``lane`` (all, or those of ``job_ids`` it has) back in its
+        queue."""
         now = time.time()
-        keys = [self.registry("failed", function), self.queue_key(function)]
+        keys = [self.registry("failed", lane), self.queue_key(lane)]
         args: list[Any] = [layout.JOB_PREFIX, retries, layout.rq_time(now), repr(now), *job_ids]
         return int(await self._redrive(keys=keys, args=args))
 
@@ -329,19 +332,19 @@ class JobStore:
             return None
         return job
 
-    async def trim(self, functions: list[str]) -> None:
+    async def trim(self, lanes: list[str]) -> None:
         """Drop the entries of finished, dead and canceled jobs whose time is up from the
-        registries of ``functions`` (their job hashes have expired by then)."""
+        registries of ``lanes`` (their job hashes have expired by then)."""
         now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for function in functions:
+            for lane in lanes:
                 for kind in ("finished", "failed", "canceled"):
-                    pipe.zremrangebyscore(self.registry(kind, function), "-inf", now)
+                    pipe.zremrangebyscore(self.registry(kind, lane), "-inf", now)
             await pipe.execute()
 
-    async def dead_letters(self, function: str, limit: int) -> list[dict[str, Any]]:
-        """The oldest ``limit`` dead letters of ``function``, with their fields."""
-        ids: list[Any] = await self.redis.zrange(self.registry("failed", function), 0, limit - 1)
+    async def dead_letters(self, lane: str, limit: int) -> list[dict[str, Any]]:
+        """The oldest ``limit`` dead letters of ``lane``, with their fields."""
+        ids: list[Any] = await self.redis.zrange(self.registry("failed", lane), 0, limit - 1)
         if not ids:
             return []
         fields = ("ef_fn", "ef_attempts", "ef_error", "ef_ended", "ef_created")
@@ -355,20 +358,20 @@ class JobStore:
             if row[0] is not None
         ]
 
-    async def functions(self) -> list[str]:
-        """Every function of this mesh that has had an async call: the queues in RQ's list
-        of queues under this mesh's prefix."""
+    async def lanes(self) -> list[str]:
+        """Every lane of this mesh that has had an async call: the queues in RQ's list of
+        queues under this mesh's prefix."""
         start = layout.queue_key(self.queue(""))
         keys: set[Any] = await self.redis.smembers(layout.QUEUES)
         return sorted(k[len(start) :] for k in map(_text, keys) if k.startswith(start))
 
-    async def dead_count(self, function: str) -> int:
-        return int(await self.redis.zcard(self.registry("failed", function)))
+    async def dead_count(self, lane: str) -> int:
+        return int(await self.redis.zcard(self.registry("failed", lane)))
 
-    async def wait(self, function: str, timeout_s: float) -> bool:
-        """Block until the queue of ``function`` has a job (True) or ``timeout_s`` passes.
+    async def wait(self, lane: str, timeout_s: float) -> bool:
+        """Block until the queue of ``lane`` has a job (True) or ``timeout_s`` passes.
         ``BLMOVE q q`` moves the head to where it was: it only waits."""
-        key = self.queue_key(function)
+        key = self.queue_key(lane)
         moved = await self.blocking.blmove(key, key, max(1, int(timeout_s)), "LEFT", "LEFT")
         return moved is not None
 
@@ -384,7 +387,7 @@ class JobStore:
         final: bool,
         *extra: Any,
     ) -> bool:
-        queue = self.queue(run.function)
+        queue = self.queue(run.lane)
         keys = [
             layout.job_key(run.job_id),
             layout.registry_key("wip", queue),
@@ -440,7 +443,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _run(row: list[Any]) -> Run:
+def _run(row: list[Any], lane: str) -> Run:
     job_id, token, attempt, fn, method, path, query, headers, body, cb, idem, age, retries = row
     return Run(
         job_id=_text(job_id),
@@ -456,4 +459,5 @@ def _run(row: list[Any]) -> Run:
         idempotency_key=_text(idem),
         age_from=float(age or 0),
         retries_left=int(retries or 0),
+        lane=lane,
     )

@@ -705,17 +705,17 @@ async def test_a_call_dead_after_its_node_was_lost_is_due_for_its_callback_at_on
     assert await store.due_callbacks() == [jid]
 
 
-async def test_the_mesh_functions_are_those_with_a_queue_under_its_prefix(
+async def test_the_mesh_lanes_are_those_with_a_queue_under_its_prefix(
     store: JobStore, redis_url: str
 ) -> None:
-    assert await store.functions() == []
+    assert await store.lanes() == []
     await accepted(store, "a")
     assert await store.accept(new_call(store, "b", function="other")) is None
     client = redis.asyncio.Redis.from_url(redis_url)
     try:  # another mesh on the same Redis (its prefix starts with this one's)
         elsewhere = JobStore(client, client, store.prefix + "-next")
         assert await elsewhere.accept(new_call(elsewhere, "c", function="third")) is None
-        assert await elsewhere.functions() == ["third"]
+        assert await elsewhere.lanes() == ["third"]
     finally:
         await client.aclose()
-    assert await store.functions() == [FN, "other"]
+    assert await store.lanes() == [FN, "other"]

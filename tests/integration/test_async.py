@@ -276,6 +276,57 @@ def test_calls_started_on_a_node_killed_with_sigkill_complete_on_another_once_ea
     assert sorted(completed) == sorted(keys), (completed, on_doomed, took_s)  # each once
 
 
+# ---------------------------------------------------------------------------- lanes
+
+
+def test_where_calls_run_follows_the_functions_spill(
+    mesh: Mesh, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """A pinned function's calls run on the node that accepted them; a function that may go
+    to peers has its backlog drained by its peers; one that may go only to the cloud runs on
+    its node or the cloud, never on a peer."""
+    folders = {
+        "pinned": "    spill: {to: []}\n",
+        "shared": "",
+        "cloudy": "    spill: {to: [cloud]}\n",
+    }
+    blocks = [
+        write_async_function(
+            mesh, name, sleep_ms=300, pool="{min: 1, max: 1}", extra=extra
+        ).read_text()
+        for name, extra in folders.items()
+    ]
+    manifest = mesh.project / "lanes.yaml"
+    manifest.write_text(blocks[0] + "".join(b.split("functions:\n", 1)[1] for b in blocks[1:]))
+    alpha = mesh.start(manifest, "--node", "alpha")
+    mesh.start(None, "--node", "bravo")
+    mesh.start(None, "--node", "cloud", "--role", "cloud")
+    for name in folders:
+        mesh.wait_serving(name, "v1")  # on all three
+    time.sleep(1.5)  # a round of every node's async calls: each drains its lanes
+
+    ids = {
+        name: [accepted(enqueue(alpha, name, f"{name} {i}".encode()), name) for i in range(8)]
+        for name in folders
+    }
+    nodes = {
+        name: Counter(view["node"] for view in wait_status(alpha, ids[name], "finished").values())
+        for name in folders
+    }
+    assert set(nodes["pinned"]) == {"alpha"}, nodes
+    assert set(nodes["shared"]) >= {"alpha", "bravo"}, nodes  # (and maybe the cloud)
+    assert set(nodes["cloudy"]) <= {"alpha", "cloud"} and "cloud" in nodes["cloudy"], nodes
+    for name in folders:
+        assert len(runs(redis_client, mesh, name)) == 8, name  # each call ran once
+
+    info = rq_info(redis_url)
+    assert info.returncode == 0, info.stderr
+    queues = {line.split(" ", 1)[0] for line in info.stdout.splitlines()}
+    prefix = mesh.prefix
+    assert {f"{prefix}.pinned@alpha", f"{prefix}.shared", f"{prefix}.cloudy@alpha"} <= queues
+    assert not {f"{prefix}.pinned", f"{prefix}.cloudy"} & queues, info.stdout
+
+
 # ------------------------------------------------------------------------------- rq info
 
 

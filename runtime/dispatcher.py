@@ -169,7 +169,7 @@ class Dispatcher:
     def finished(self, link: WorkerLink, call: Call) -> float:
         """Book-keeping when ``call`` answered; return its service time in seconds."""
         now = time.perf_counter()
-        if self.concurrency > 1:
+        if self.concurrency > 1 or self.batch_size:  # (a batch's answers come together)
             return now - call.dispatched_at
         started = link.head_started_at
         link.head_started_at = now  # the next pipelined call, if any, starts now

@@ -228,16 +228,19 @@ class WarmPool:
         return admission
 
     def estimate_wait_s(self) -> float:
-        """Expected wait for a worker slot: queue depth × recent service time ÷ slots, plus
-        a fork when no worker is serving yet. The service time is the recent average, or
-        the age of the oldest running call when that is longer: a burst of calls slower
-        than any before must not all be queued here before the first of them finishes."""
+        """Expected wait for a worker slot: the turns the queue needs × recent service time
+        ÷ slots, plus a fork when no worker is serving yet. A turn is one call, or one
+        batch of up to ``batch.max_size`` calls for a batching function (its service time
+        is a batch's). The service time is the recent average, or the age of the oldest
+        running call when that is longer: a burst of calls slower than any before must not
+        all be queued here before the first of them finishes."""
         slots = self.serving_count() * self.concurrency
         service_s = max(self.stats.service_s, self.dispatch.oldest_running_s())
         queued = len(self.dispatch.queue)
+        per_turn = self.dispatch.batch_size or 1
         if slots == 0:
-            return self.stats.spawn_p50_s() + queued * service_s
-        return (queued + 1) * service_s / slots
+            return self.stats.spawn_p50_s() + -(-queued // per_turn) * service_s
+        return -(-(queued + 1) // per_turn) * service_s / slots
 
     def submit(
         self, method: bytes, path: bytes, query: bytes, headers: bytes, call_id: str, body: bytes

@@ -73,6 +73,16 @@ async def test_the_wait_is_queue_depth_times_service_time_over_slots() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_batching_pool_waits_a_service_time_per_batch_not_per_call() -> None:
+    async with standing_pool(spec(max=2), workers=2, service_s=0.5) as pool:
+        pool.dispatch.batch_size = 8  # as start() sets it for a function with batch:
+        occupy(pool, 2 + 16)
+        assert len(pool.dispatch.queue) == 16
+        # the 17th call is in the third batch: three turns of 0.5 s over two workers
+        assert pool.estimate_wait_s() == pytest.approx(3 * 0.5 / 2, rel=0.01)
+
+
+@pytest.mark.anyio
 async def test_with_no_worker_serving_the_wait_includes_a_fork() -> None:
     async with standing_pool(spec(min=0), workers=0, service_s=0.5) as pool:
         occupy(pool, 2)

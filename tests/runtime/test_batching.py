@@ -41,6 +41,18 @@ async def test_calls_that_queue_behind_a_busy_worker_go_as_one_batch() -> None:
     assert all(r.status == 200 for r in results)
 
 
+async def test_each_call_of_a_batch_counts_the_batchs_time_as_its_service_time() -> None:
+    """The wait estimate (and so routing) reads the service time: the calls of a batch are
+    answered together, so all but the first would count as ~0 s if timed one after another."""
+    async with running(batching_spec(max_size=8)) as pool:  # type: ignore[arg-type]
+        first = submit(pool, b"first", "c0", b"sleep=0.3")
+        await asyncio.sleep(0.1)
+        rest = [submit(pool, b"item-%d" % n, f"c{n}", b"sleep=0.2") for n in range(1, 6)]
+        answers = [json.loads(r.body) for r in await asyncio.gather(first, *rest)]
+        assert [a["batch"] for a in answers] == [1, 5, 5, 5, 5, 5]
+        assert pool.stats.service_s >= 0.15  # each of the batch's calls took its 0.2 s
+
+
 async def test_a_batch_is_never_larger_than_max_size() -> None:
     async with running(batching_spec(max_size=3)) as pool:  # type: ignore[arg-type]
         first = submit(pool, b"first", "c0", b"sleep=0.3")

@@ -34,6 +34,7 @@ log = logging.getLogger("edgefaas.jobs")
 
 MOST_CLAIMED = 32  # jobs taken in one round trip
 WAIT_S = 1.0  # one blocking wait for the queue (the loop then looks at its flags again)
+POLL_S = 0.25  # the wait when it drains other lanes too (it can wait on one list only)
 SLOT_WAIT_S = 1.0
 RETRY_S = 1.0  # after a Redis error
 WORKER_TTL_S = 10  # an RQ worker record outlives its last heartbeat by this much
@@ -46,7 +47,8 @@ class Consumer:
     def __init__(self, calls: AsyncCalls, function: str, boot: str, lanes: list[str]) -> None:
         self.calls = calls
         self.function = function
-        self.lanes = lanes  # claimed in this order; the first is the one waited on
+        self.lanes = lanes  # the first is the one waited on, and claimed from first
+        self.turn = 0  # which of the other lanes comes next: each is first in its turn
         self.worker = f"{calls.node_name}.{function}.{boot}"
         self.key = layout.WORKER_PREFIX + self.worker
         self.birth = layout.rq_time()
@@ -93,7 +95,7 @@ class Consumer:
                 runs = await self._claim(count)
                 backlog = len(runs) == count
                 if not runs:
-                    await calls.store.wait(self.lanes[0], WAIT_S)
+                    await calls.store.wait(self.lanes[0], POLL_S if len(self.lanes) > 1 else WAIT_S)
                     continue
                 for run in runs:
                     calls.execute(pool, run, self)
@@ -106,13 +108,25 @@ class Consumer:
                 await asyncio.sleep(RETRY_S)
 
     async def _claim(self, count: int) -> list[Run]:
-        """Up to ``count`` runs, from the lanes in order (the next lane only when the
-        ones before it had too few)."""
+        """Up to ``count`` runs: from the first lane, then from the others (the next only
+        when those before it had too few), starting with a different one each time so that
+        none is left behind a lane that always has calls. Runs claimed before a Redis error
+        are kept (they hold their jobs)."""
+        first, *others = self.lanes
+        self.turn += 1
+        if others:
+            at = self.turn % len(others)
+            others = others[at:] + others[:at]
         runs: list[Run] = []
-        for lane in list(self.lanes):
-            runs += await self.calls.store.claim(
-                lane, count - len(runs), self.worker, self.calls.node_name
-            )
+        for lane in (first, *others):
+            try:
+                runs += await self.calls.store.claim(
+                    lane, count - len(runs), self.worker, self.calls.node_name
+                )
+            except (RedisError, OSError):
+                if not runs:
+                    raise
+                break
             if len(runs) == count:
                 break
         return runs

@@ -31,20 +31,22 @@ def accept_lane(function: str, spill_to: Sequence[str], node: str, cloud: bool) 
 def drained_lanes(
     function: str, spill_to: Sequence[str], node: str, cloud: bool, known: Collection[str]
 ) -> list[str]:
-    """The lanes ``node`` drains for ``function``, in the order it claims from them (it
-    waits on the first). Lanes not in ``known`` (those that exist) are left out, but for
-    the first.
+    """The lanes ``node`` drains for ``function``: the one it waits on first, then the
+    others (of those, only the ones in ``known``, the lanes that exist).
 
     An edge node: where its own accepts go, then the shared lane and its own. The cloud
-    node: the shared lane of a function that may go to the cloud, then its own lane, then —
-    for a function that may go to the cloud but not to peers — every edge node's lane."""
+    node: the shared lane of a function that may go to the cloud, and its own lane (where
+    its accepts go), then — for a function that may go to the cloud but not to peers —
+    every edge node's lane of it."""
     own, shared = lane(function, node), lane(function)
+    accepted = accept_lane(function, spill_to, node, cloud)
     if not cloud:
-        first, more = accept_lane(function, spill_to, node, cloud), [shared, own]
+        first, more = accepted, [shared, own]
     elif "cloud" not in spill_to:
         first, more = own, []
     else:
         first, more = shared, [own]
         if "peers" not in spill_to:
             more += sorted(x for x in known if lane_function(x) == function)
-    return [first, *(x for x in dict.fromkeys(more) if x != first and x in known)]
+    chosen = (x for x in more if x != first and (x == accepted or x in known))
+    return [first, *dict.fromkeys(chosen)]

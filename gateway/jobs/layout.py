@@ -27,6 +27,7 @@ the cloud): see :func:`lane`.
 from __future__ import annotations
 
 import pickle
+import re
 import time
 import zlib
 from datetime import UTC, datetime
@@ -55,6 +56,10 @@ CALL_FIELDS = (
     "ef_idem",  # idempotency key
     "ef_age_from",  # when max_age_s counts from (acceptance, or the last redrive)
 )
+
+
+# A lane: a function's name (the manifest's rule), maybe with a node's (the --node rule).
+LANE = re.compile(r"[a-z][a-z0-9_-]{0,62}(@[A-Za-z0-9][A-Za-z0-9._-]{0,62})?")
 
 
 def lane(function: str, node: str = "") -> str:

@@ -14,13 +14,20 @@ is what a mesh's control plane is (not a cluster).
 from __future__ import annotations
 
 # KEYS: job, queue, rq:queues. ARGV: id, origin (queue name), the job's field/value pairs
-# packed as LEN:BYTES each (see store.pack).
-# → 1 when accepted, else the status of the job already under that id, or 'conflict' when
-# that job belongs to another queue (another function, or another mesh or RQ app).
+# packed as LEN:BYTES each (see store.pack), the mesh's queue prefix ("PREFIX."), function.
+# → 1 when accepted, else the status of the job already under that id (in any lane of the
+# function: the same call sent again to another node), or 'conflict' when that job is not
+# this function's (another function's, or another mesh's or RQ app's).
 ACCEPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status then
-  if redis.call('HGET', KEYS[1], 'origin') ~= ARGV[2] then return 'conflict' end
+  local origin = redis.call('HGET', KEYS[1], 'origin') or ''
+  local prefix, fn = ARGV[4], ARGV[5]
+  local lane = string.sub(origin, #prefix + 1)
+  if string.sub(origin, 1, #prefix) ~= prefix
+    or (lane ~= fn and string.sub(lane, 1, #fn + 1) ~= fn .. '@') then
+    return 'conflict'
+  end
   return status
 end
 local packed, fields, pos = ARGV[3], {}, 1

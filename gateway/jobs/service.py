@@ -323,14 +323,15 @@ class AsyncCalls:
     async def _round_once(self) -> None:
         store = self.store
         known = set(await store.lanes())
-        if not self.stopping:
-            for name, pool in list(self.pools.items()):
-                consumer = self.consumers.get(name)
-                if consumer is None or consumer.ended:
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for name, pool in [] if self.stopping else list(self.pools.items()):
+                ended = self.consumers.get(name)
+                if ended is None or ended.ended:
                     consumer = Consumer(self, name, self.boot, self.lanes_for(pool, known))
+                    if ended is not None:  # (the same worker record)
+                        farewell(pipe, ended, [x for x in ended.lanes if x not in consumer.lanes])
                     self.consumers[name] = consumer
                     consumer.start()
-        async with store.redis.pipeline(transaction=False) as pipe:
             for name, consumer in list(self.consumers.items()):
                 running = self.pools.get(name)
                 if running is None:

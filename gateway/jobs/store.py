@@ -89,7 +89,7 @@ class JobStore:
         self.prefix = prefix
         self.leases = layout.lease_prefix(prefix)
         self._accept = redis.register_script(scripts.ACCEPT)
-        self._accepts: list[tuple[str, str, bytes, asyncio.Future[Any]]] = []
+        self._accepts: list[tuple[str, str, bytes, str, asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._claim = redis.register_script(scripts.CLAIM)
         self._settle = redis.register_script(scripts.SETTLE)
@@ -135,7 +135,7 @@ class JobStore:
             b"ef_age_from", moment,
         )  # fmt: skip
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._accepts.append((call.job_id, queue, fields, future))
+        self._accepts.append((call.job_id, queue, fields, call.function, future))
         if len(self._accepts) == 1:  # the first of this turn of the loop: send them soon
             asyncio.get_running_loop().call_soon(self._send_accepts)
         answer = await future
@@ -147,7 +147,9 @@ class JobStore:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _accept_batch(self, batch: list[tuple[str, str, bytes, asyncio.Future[Any]]]) -> None:
+    async def _accept_batch(
+        self, batch: list[tuple[str, str, bytes, str, asyncio.Future[Any]]]
+    ) -> None:
         """Accepts that arrived in one turn of the event loop, in one pipeline: one write
         and one read for all of them instead of one each (the accept path is bound by the
         gateway's one core)."""
@@ -160,7 +162,7 @@ class JobStore:
         except Exception as exc:  # Redis unreachable: every caller is told
             answers = [exc] * len(batch)
         finally:  # cancelled (the node is stopping): no caller waits for ever
-            for i, (_, _, _, future) in enumerate(batch):
+            for i, (*_, future) in enumerate(batch):
                 if future.done():
                     continue
                 answer = answers[i] if i < len(answers) else RedisError("not sent")
@@ -170,13 +172,14 @@ class JobStore:
                     future.set_result(answer)
 
     async def _pipelined_accepts(
-        self, batch: list[tuple[str, str, bytes, asyncio.Future[Any]]]
+        self, batch: list[tuple[str, str, bytes, str, asyncio.Future[Any]]]
     ) -> list[Any]:
         sha = self._accept.sha
+        mesh = self.queue("")
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, queue, fields, _ in batch:
+            for job_id, queue, fields, function, _ in batch:
                 keys = (layout.job_key(job_id), layout.queue_key(queue), layout.QUEUES)
-                pipe.evalsha(sha, 3, *keys, job_id, queue, fields)
+                pipe.evalsha(sha, 3, *keys, job_id, queue, fields, mesh, function)
             answers: list[Any] = await pipe.execute(raise_on_error=False)
         return answers
 
@@ -363,16 +366,20 @@ class JobStore:
         queues under this mesh's prefix."""
         start = layout.queue_key(self.queue(""))
         keys: set[Any] = await self.redis.smembers(layout.QUEUES)
-        return sorted(k[len(start) :] for k in map(_text, keys) if k.startswith(start))
+        lanes = (k[len(start) :] for k in map(_text, keys) if k.startswith(start))
+        # (the queue "edgefaas.lab.motion" of a mesh "edgefaas.lab" is no lane of "edgefaas")
+        return sorted(lane for lane in lanes if layout.LANE.fullmatch(lane))
 
     async def dead_count(self, lane: str) -> int:
-        return int(await self.redis.zcard(self.registry("failed", lane)))
+        """Dead letters of ``lane`` not yet expired (a lane no node drains is not trimmed)."""
+        return int(await self.redis.zcount(self.registry("failed", lane), time.time(), "+inf"))
 
     async def wait(self, lane: str, timeout_s: float) -> bool:
         """Block until the queue of ``lane`` has a job (True) or ``timeout_s`` passes.
         ``BLMOVE q q`` moves the head to where it was: it only waits."""
         key = self.queue_key(lane)
-        moved = await self.blocking.blmove(key, key, max(1, int(timeout_s)), "LEFT", "LEFT")
+        wait_s: Any = max(0.01, timeout_s)  # Redis takes a decimal; redis-py's hint says int
+        moved = await self.blocking.blmove(key, key, wait_s, "LEFT", "LEFT")
         return moved is not None
 
     async def _settle_as(

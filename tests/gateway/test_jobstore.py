@@ -11,6 +11,7 @@ does not remove) are deleted at teardown.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 import zlib
@@ -583,6 +584,22 @@ async def test_wait_times_out_on_an_empty_queue(store: JobStore) -> None:
     assert await store.redis.exists(store.queue_key(FN)) == 0
 
 
+async def test_a_wait_may_be_shorter_than_a_second(store: JobStore) -> None:
+    started = time.monotonic()
+    assert await store.wait(FN, 0.3) is False
+    assert 0.25 <= time.monotonic() - started < 0.9
+
+
+async def test_the_same_id_again_in_another_lane_of_the_function_is_the_same_job(
+    store: JobStore,
+) -> None:
+    [jid] = await accepted(store, "again")
+    elsewhere = dataclasses.replace(new_call(store, "again"), lane=layout.lane(FN, "node-b"))
+    assert await store.accept(elsewhere) == "queued"  # a duplicate, not a conflict
+    assert await queued(store) == [jid]
+    assert await store.redis.exists(store.queue_key(layout.lane(FN, "node-b"))) == 0
+
+
 async def test_an_id_in_use_by_another_function_is_a_conflict_and_enqueues_nothing(
     store: JobStore,
 ) -> None:
@@ -712,10 +729,27 @@ async def test_the_mesh_lanes_are_those_with_a_queue_under_its_prefix(
     await accepted(store, "a")
     assert await store.accept(new_call(store, "b", function="other")) is None
     client = redis.asyncio.Redis.from_url(redis_url)
-    try:  # another mesh on the same Redis (its prefix starts with this one's)
+    try:  # other meshes on the same Redis (their prefixes start with this one's)
         elsewhere = JobStore(client, client, store.prefix + "-next")
         assert await elsewhere.accept(new_call(elsewhere, "c", function="third")) is None
         assert await elsewhere.lanes() == ["third"]
+        nested = JobStore(client, client, store.prefix + ".lab")  # queue "PREFIX.lab.motion"
+        assert await nested.accept(new_call(nested, "d", function="motion")) is None
+        assert await nested.lanes() == ["motion"]
+        # the same job id sent to this mesh: another mesh's job, not this function's
+        assert await store.accept(new_call(store, "x", function="motion")) is None
+        assert await nested.accept(new_call(store, "x", function="motion")) == "conflict"
     finally:
         await client.aclose()
-    assert await store.lanes() == [FN, "other"]
+    pinned = dataclasses.replace(new_call(store, "e", function="other"), lane="other@node-b")
+    assert await store.accept(pinned) is None
+    assert await store.lanes() == [FN, "motion", "other", "other@node-b"]
+
+
+async def test_expired_dead_letters_are_not_counted_even_untrimmed(store: JobStore) -> None:
+    [jid] = await accepted(store, "dead", retries=0)
+    assert await store.bury(await claim_one(store), FAILED) is True
+    await store.redis.zadd(store.registry("failed", FN), {"expired-letter": time.time() - 1})
+    assert await store.redis.zcard(store.registry("failed", FN)) == 2
+    assert await store.dead_count(FN) == 1
+    assert [letter["id"] for letter in await store.dead_letters(FN, 10)] == [jid.encode()]

@@ -49,6 +49,7 @@ def test_an_edge_node_drains_its_own_lane_first_and_never_a_peers(
 
 def test_the_cloud_drains_the_shared_lane_of_a_function_that_may_go_there() -> None:
     assert drained_lanes("f", EVERYWHERE, "cloud", True, ALL_LANES) == ["f", "f@cloud"]
+    assert drained_lanes("f", EVERYWHERE, "cloud", True, set()) == ["f", "f@cloud"]
 
 
 def test_the_cloud_drains_every_edge_lane_of_a_function_that_may_go_only_there() -> None:
@@ -58,7 +59,7 @@ def test_the_cloud_drains_every_edge_lane_of_a_function_that_may_go_only_there()
         "f@a",
         "f@b",
     ]
-    assert drained_lanes("f", ("cloud",), "cloud", True, set()) == ["f"]
+    assert drained_lanes("f", ("cloud",), "cloud", True, set()) == ["f", "f@cloud"]
 
 
 @pytest.mark.parametrize("spill_to", [(), ("peers",)])
@@ -66,3 +67,4 @@ def test_the_cloud_drains_only_its_own_lane_of_a_function_kept_off_it(
     spill_to: tuple[str, ...],
 ) -> None:
     assert drained_lanes("f", spill_to, "cloud", True, ALL_LANES) == ["f@cloud"]
+    assert drained_lanes("f", spill_to, "cloud", True, set()) == ["f@cloud"]

@@ -141,6 +141,7 @@ def call_view(job_id: str, job: dict[str, bytes]) -> dict[str, Any]:
         "ended_at": ended if status not in ("queued", "started") else None,
         "duration_s": moment("ef_dur"),
         "node": node,
+        "queue": text("origin"),  # PREFIX.NAME, or PREFIX.NAME@NODE: see gateway/jobs/lanes.py
         "attempts": int(text("ef_attempts") or 0),
         "retries_left": int(text("retries_left") or 0),
         "last_error": text("ef_error") or None,

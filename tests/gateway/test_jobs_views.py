@@ -26,6 +26,7 @@ def test_a_finished_call_shows_its_result_text_and_timing() -> None:
             ef_ended="101.25",
             ef_dur="0.25",
             ef_node="edge-2",
+            origin="edgefaas.motion@edge-1",
             ef_attempts="2",
             ef_code="200",
             ef_rh=b"content-type:text/plain",
@@ -35,6 +36,7 @@ def test_a_finished_call_shows_its_result_text_and_timing() -> None:
     assert view["status"] == "finished"
     assert (view["started_at"], view["ended_at"], view["duration_s"]) == (101.0, 101.25, 0.25)
     assert view["node"] == "edge-2" and view["attempts"] == 2
+    assert view["queue"] == "edgefaas.motion@edge-1"
     assert view["result"] == {
         "status": 200,
         "headers": {"content-type": "text/plain"},

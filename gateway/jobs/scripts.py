@@ -127,13 +127,21 @@ if redis.call('GET', KEYS[4]) == ARGV[2] then redis.call('DEL', KEYS[4]) end
 return 1
 """
 
-# KEYS: the lease keys of this node's runs. ARGV: lease ms, then each run's token.
+# KEYS: the lease keys of this node's runs. ARGV: lease ms, job prefix, then each run's
+# id and token. A lease that lapsed while nobody reaped the run (Redis itself was down, or
+# restarted from its file, for longer than a lease) is taken again: the job still names the
+# run's token and is still started.
 # → the positions (from 1) of the leases that are no longer this node's.
 RENEW = """
 local lost = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[i + 1] then
+  local id, token = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local held = redis.call('GET', key)
+  if held == token then
     redis.call('PEXPIRE', key, ARGV[1])
+  elseif not held and redis.call('HGET', ARGV[2] .. id, 'ef_token') == token
+      and redis.call('HGET', ARGV[2] .. id, 'status') == 'started' then
+    redis.call('SET', key, token, 'PX', ARGV[1])
   else
     lost[#lost + 1] = i
   end

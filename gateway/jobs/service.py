@@ -5,7 +5,11 @@ function it runs, the runs in flight, and a once-a-second round that
   renewing it — the only sign of a node killed mid-run that needs no clock agreement);
 - reaps runs of the lanes it drains whose lease lapsed, on any node: their jobs go back to
   the head of their queue and run on whichever node drains it and is free
-  (``MOST_LOST_RUNS`` lost runs in a row make a dead letter);
+  (``MOST_LOST_RUNS`` lost runs in a row make a dead letter) — but not until
+  ``REAP_AFTER_OUTAGE_S`` after this node last could not reach Redis: when Redis itself was
+  down (or restarted from its file) longer than a lease, every run's lease lapsed, and the
+  live nodes first take theirs again (:data:`scripts.RENEW`), so no run still going is
+  started a second time;
 - moves retries that are due to their queues;
 - keeps the consumers' RQ worker records alive.
 
@@ -37,7 +41,7 @@ from gateway.callbacks import CallbackPolicy, CallbackSender, Delivery
 from gateway.errors import error_response
 from gateway.jobs.consumer import Consumer, farewell, heartbeat
 from gateway.jobs.lanes import accept_lane, drained_lanes
-from gateway.jobs.store import JobStore, Outcome, Run
+from gateway.jobs.store import LEASE_MS, JobStore, Outcome, Run
 from runtime.errors import Overloaded, RuntimeFailure, Unavailable
 from runtime.event import parse_header_block
 
@@ -53,6 +57,9 @@ BLOCKING_TIMEOUT_S = 5.0  # socket timeout of the blocking client (> a wait)
 ERROR_PREVIEW = 300  # bytes of a failed answer's body kept as its error
 MOST_PENDING_CALLBACKS = 1000  # deliveries in flight per node (each holds a result body)
 PERSIST_S = 120.0  # how long a run's outcome is retried while Redis is unreachable
+PERSIST_RETRY_S = 1.0  # the longest wait between those tries (lands soon after an outage)
+# No reaping this long after this node could not reach Redis: a lease, and two renewals.
+REAP_AFTER_OUTAGE_S = LEASE_MS / 1000 + 2 * ROUND_S
 
 
 class AsyncCalls:
@@ -79,6 +86,7 @@ class AsyncCalls:
         self.settling: set[str] = set()  # job ids whose outcome is being written
         self._tasks: set[asyncio.Task[None]] = set()
         self._round: asyncio.Task[None] | None = None
+        self._reachable_since: float | None = None  # Redis answered since (monotonic)
         self._renewer: asyncio.Task[None] | None = None
 
     @property
@@ -295,6 +303,7 @@ class AsyncCalls:
             try:
                 await self._round_once()
             except (RedisError, OSError) as exc:
+                self._reachable_since = None
                 log.debug("async calls round: Redis: %s", exc)
             except Exception:
                 log.exception("async calls round failed")
@@ -308,6 +317,7 @@ class AsyncCalls:
                     if run.job_id not in self.settling:  # settling drops its lease
                         log.warning("async call %s: this node's lease on it lapsed", run.job_id)
             except (RedisError, OSError) as exc:
+                self._reachable_since = None
                 log.warning("async calls: renewing leases: Redis: %s", exc)
             await asyncio.sleep(ROUND_S)
 
@@ -323,6 +333,10 @@ class AsyncCalls:
     async def _round_once(self) -> None:
         store = self.store
         known = set(await store.lanes())
+        now = time.monotonic()
+        if self._reachable_since is None:
+            self._reachable_since = now
+        reaping = now - self._reachable_since >= REAP_AFTER_OUTAGE_S
         async with store.redis.pipeline(transaction=False) as pipe:
             for name, pool in [] if self.stopping else list(self.pools.items()):
                 ended = self.consumers.get(name)
@@ -350,7 +364,7 @@ class AsyncCalls:
         await store.trim(lanes)
         for lane in lanes:
             await store.promote(lane)
-            for job_id, state in await store.reap(lane):
+            for job_id, state in await store.reap(lane) if reaping else []:
                 log.warning("async call %s (%s): its node was lost; %s", job_id, lane, state)
         await self._send_due_callbacks()
 
@@ -369,7 +383,7 @@ async def _persist(step: Callable[[], Awaitable[bool]], run: Run, calls: AsyncCa
                 raise
             log.warning("async call %s: writing its outcome: Redis: %s; retrying", run.job_id, exc)
             await asyncio.sleep(wait_s)
-            wait_s = min(wait_s * 2, 5.0)
+            wait_s = min(wait_s * 2, PERSIST_RETRY_S)
 
 
 def _error_message(body: bytes) -> str:

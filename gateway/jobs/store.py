@@ -156,9 +156,14 @@ class JobStore:
         answers: list[Any] = []
         try:
             answers = await self._pipelined_accepts(batch)
-            if any(isinstance(a, NoScriptError) for a in answers):  # Redis lost its scripts
+            again = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
+            if again:  # Redis lost its scripts (or never had them) before these ran
+                # Only those: another node's SCRIPT LOAD may have come between the commands
+                # of this pipeline, and sending an accepted call again makes a "duplicate".
                 await self.redis.script_load(scripts.ACCEPT)
-                answers = await self._pipelined_accepts(batch)
+                resent = await self._pipelined_accepts([batch[i] for i in again])
+                for i, answer in zip(again, resent, strict=True):
+                    answers[i] = answer
         except Exception as exc:  # Redis unreachable: every caller is told
             answers = [exc] * len(batch)
         finally:  # cancelled (the node is stopping): no caller waits for ever
@@ -257,7 +262,10 @@ class JobStore:
         if not runs:
             return []
         keys = [self.leases + run.job_id for run in runs]
-        lost = await self._renew(keys=keys, args=[LEASE_MS, *(run.token for run in runs)])
+        args: list[Any] = [LEASE_MS, layout.JOB_PREFIX]
+        for run in runs:
+            args += [run.job_id, run.token]
+        lost = await self._renew(keys=keys, args=args)
         return [runs[int(i) - 1] for i in lost]
 
     async def reap(self, lane: str) -> list[tuple[str, str]]:

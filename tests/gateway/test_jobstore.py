@@ -16,6 +16,7 @@ import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -29,7 +30,7 @@ from rq.registry import (
     StartedJobRegistry,
 )
 
-from gateway.jobs import layout
+from gateway.jobs import layout, scripts
 from gateway.jobs.store import (
     CALLBACK_LEASE_S,
     DEAD_TTL_S,
@@ -397,19 +398,27 @@ async def test_requeue_puts_the_job_back_at_the_head_uncounted(store: JobStore) 
 
 
 async def test_renew_keeps_held_leases_and_returns_the_lost_ones(store: JobStore) -> None:
-    await accepted(store, "a", "b", "c")
-    a, b, c = await store.claim(FN, 3, WORKER, NODE)
+    await accepted(store, "a", "b", "c", "d")
+    a, b, c, d = await store.claim(FN, 4, WORKER, NODE)
+    await lose_lease(store, d)
+    assert await store.reap(FN) == [(d.job_id, "queued")]  # d's run is over
     await store.redis.pexpire(store.leases + a.job_id, 500)
-    await lose_lease(store, b)
+    await lose_lease(store, b)  # lapsed (Redis was down a while, say), but nobody reaped it
     await store.redis.set(store.leases + c.job_id, "someone-else", px=LEASE_MS)
 
-    lost = await store.renew([a, b, c])
+    lost = await store.renew([a, b, c, d])
 
-    assert [r.job_id for r in lost] == [b.job_id, c.job_id]
-    assert LEASE_MS - 1000 < await store.redis.pttl(store.leases + a.job_id) <= LEASE_MS
-    assert await store.redis.get(store.leases + a.job_id) == a.token.encode()
-    assert await store.redis.exists(store.leases + b.job_id) == 0
+    assert [r.job_id for r in lost] == [c.job_id, d.job_id]
+    for run in (a, b):  # b's run still holds its job: its lease is taken again
+        assert await store.redis.get(store.leases + run.job_id) == run.token.encode()
+        assert LEASE_MS - 1000 < await store.redis.pttl(store.leases + run.job_id) <= LEASE_MS
     assert await store.redis.get(store.leases + c.job_id) == b"someone-else"
+    assert await store.redis.exists(store.leases + d.job_id) == 0  # not taken by the lost run
+
+    [d2] = await store.claim(FN, 1, WORKER, NODE)  # d runs again
+    await lose_lease(store, d2)
+    assert await store.renew([d, d2]) == [d]
+    assert await store.redis.get(store.leases + d.job_id) == d2.token.encode()
     assert await store.renew([]) == []
 
 
@@ -669,6 +678,31 @@ async def test_accepts_go_on_after_redis_lost_its_scripts(store: JobStore) -> No
     assert await queued(store) == [
         job_id(store, n) for n in ("before", "after-0", "after-1", "after-2")
     ]
+
+
+async def test_a_script_load_between_a_pipelines_accepts_resends_only_those_not_run(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another node loads the script while this node's pipeline runs: the accepts before it
+    fail with NOSCRIPT, those after it are accepted — and must not be sent again."""
+    real = store._pipelined_accepts
+    first = True
+
+    async def interleaved(batch: list[Any]) -> list[Any]:
+        nonlocal first
+        if not first:
+            return await real(batch)
+        first = False
+        await store.redis.script_flush()
+        early = await real(batch[:2])  # NOSCRIPT
+        await store.redis.script_load(scripts.ACCEPT)  # the other node's
+        return early + await real(batch[2:])
+
+    monkeypatch.setattr(store, "_pipelined_accepts", interleaved)
+    calls = [new_call(store, f"mixed-{n}") for n in range(5)]
+    answers = await asyncio.gather(*(store.accept(call) for call in calls))
+    assert answers == [None] * 5  # each accepted once, none a "duplicate"
+    assert sorted(await queued(store)) == sorted(job_id(store, f"mixed-{n}") for n in range(5))
 
 
 async def test_accepts_that_arrive_together_are_each_answered(store: JobStore) -> None:

@@ -86,10 +86,14 @@ def write_async_function(
     sleep_ms: int = 0,
     pool: str = "{min: 1, max: 4}",
     extra: str = "",
+    runs_at: tuple[str, str] | None = None,
 ) -> Path:
     """Write ``mesh.project/NAME/handler.py`` (the handler above) and its manifest
     ``mesh.project/NAME.yaml``; return the manifest. ``extra``: more lines of the
-    function's block (``async: ...``, ``triggers: ...``), each indented by four spaces."""
+    function's block (``async: ...``, ``triggers: ...``), each indented by four spaces.
+    ``runs_at``: the Redis URL and list the runs go to (default: the mesh's Redis,
+    :func:`runs_key`)."""
+    runs_url, runs_list = runs_at or (mesh.redis_url, runs_key(mesh, name))
     folder = mesh.project / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "handler.py").write_text(HANDLER.format(version=version, failing=failing))
@@ -101,8 +105,8 @@ def write_async_function(
         f"    handler: {name}/handler.py:handle\n"
         f"    pool: {pool}\n"
         "    env:\n"
-        f"      ASYNC_TEST_REDIS: {mesh.redis_url!r}\n"
-        f"      ASYNC_TEST_RUNS: {runs_key(mesh, name)!r}\n"
+        f"      ASYNC_TEST_REDIS: {runs_url!r}\n"
+        f"      ASYNC_TEST_RUNS: {runs_list!r}\n"
         f"      ASYNC_TEST_SLEEP_MS: {sleep_ms}\n" + extra
     )
     return manifest

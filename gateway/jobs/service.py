@@ -6,10 +6,10 @@ function it runs, the runs in flight, and a once-a-second round that
 - reaps runs of the lanes it drains whose lease lapsed, on any node: their jobs go back to
   the head of their queue and run on whichever node drains it and is free
   (``MOST_LOST_RUNS`` lost runs in a row make a dead letter) — but not until
-  ``REAP_AFTER_OUTAGE_S`` after this node last could not reach Redis: when Redis itself was
-  down (or restarted from its file) longer than a lease, every run's lease lapsed, and the
-  live nodes first take theirs again (:data:`scripts.RENEW`), so no run still going is
-  started a second time;
+  ``REAP_AFTER_OUTAGE_S`` after this node last could not reach Redis, or saw a new Redis
+  server (a restart): when Redis was down (or restarted from its file) longer than a lease,
+  every run's lease lapsed, and the live nodes first take theirs again
+  (:data:`scripts.RENEW`), so no run still going is started a second time;
 - moves retries that are due to their queues;
 - keeps the consumers' RQ worker records alive.
 
@@ -83,10 +83,11 @@ class AsyncCalls:
         self._blocking: Redis | None = None
         self.consumers: dict[str, Consumer] = {}
         self.running: dict[str, Run] = {}  # job id → this node's run of it
-        self.settling: set[str] = set()  # job ids whose outcome is being written
+        self.settling: set[str] = set()  # tokens of the runs whose outcome is being written
         self._tasks: set[asyncio.Task[None]] = set()
         self._round: asyncio.Task[None] | None = None
         self._reachable_since: float | None = None  # Redis answered since (monotonic)
+        self._redis_run: str | None = None  # the run_id of the Redis server that answered
         self._renewer: asyncio.Task[None] | None = None
 
     @property
@@ -185,14 +186,15 @@ class AsyncCalls:
         except Exception:
             log.exception("async call %s of %s failed inside the gateway", run.job_id, run.function)
         finally:
-            self.running.pop(run.job_id, None)
+            if self.running.get(run.job_id) is run:  # (not a later run of the same job here)
+                del self.running[run.job_id]
 
     async def _settle(self, pool: WarmPool, run: Run, outcome: Outcome, consumer: Consumer) -> None:
-        self.settling.add(run.job_id)
+        self.settling.add(run.token)
         try:
             await self._settle_run(pool, run, outcome, consumer)
         finally:
-            self.settling.discard(run.job_id)
+            self.settling.discard(run.token)
 
     async def _settle_run(
         self, pool: WarmPool, run: Run, outcome: Outcome, consumer: Consumer
@@ -314,7 +316,7 @@ class AsyncCalls:
         while not self.closing:
             try:
                 for run in await self.store.renew(list(self.running.values())):
-                    if run.job_id not in self.settling:  # settling drops its lease
+                    if run.token not in self.settling:  # settling drops its lease
                         log.warning("async call %s: this node's lease on it lapsed", run.job_id)
             except (RedisError, OSError) as exc:
                 self._reachable_since = None
@@ -334,9 +336,14 @@ class AsyncCalls:
         store = self.store
         known = set(await store.lanes())
         now = time.monotonic()
-        if self._reachable_since is None:
-            self._reachable_since = now
-        reaping = now - self._reachable_since >= REAP_AFTER_OUTAGE_S
+        server = await store.redis.info("server")
+        if self._reachable_since is None or server.get("run_id") != self._redis_run:
+            self._reachable_since = now  # (a Redis restarted quickly is an outage too:
+            self._redis_run = server.get("run_id")  # its client reconnected unnoticed)
+        reaping = (
+            now - self._reachable_since >= REAP_AFTER_OUTAGE_S
+            and int(server.get("uptime_in_seconds", 0)) >= REAP_AFTER_OUTAGE_S
+        )
         async with store.redis.pipeline(transaction=False) as pipe:
             for name, pool in [] if self.stopping else list(self.pools.items()):
                 ended = self.consumers.get(name)

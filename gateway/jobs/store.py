@@ -160,8 +160,11 @@ class JobStore:
             if again:  # Redis lost its scripts (or never had them) before these ran
                 # Only those: another node's SCRIPT LOAD may have come between the commands
                 # of this pipeline, and sending an accepted call again makes a "duplicate".
-                await self.redis.script_load(scripts.ACCEPT)
-                resent = await self._pipelined_accepts([batch[i] for i in again])
+                try:
+                    await self.redis.script_load(scripts.ACCEPT)
+                    resent = await self._pipelined_accepts([batch[i] for i in again])
+                except Exception as exc:  # (the others were accepted: they are told so)
+                    resent = [exc] * len(again)
                 for i, answer in zip(again, resent, strict=True):
                     answers[i] = answer
         except Exception as exc:  # Redis unreachable: every caller is told

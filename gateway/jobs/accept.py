@@ -30,8 +30,8 @@ from gateway.errors import (
     internal_error_response,
 )
 from gateway.invoke import ClientGone, check_target
+from gateway.jobs.intake import NewCall
 from gateway.jobs.layout import shown_status
-from gateway.jobs.store import NewCall
 from runtime.errors import Unavailable
 from runtime.event import build_header_block
 

@@ -39,6 +39,9 @@ JOB_PREFIX = f"{RQ}:job:"
 WORKER_PREFIX = f"{RQ}:worker:"
 WORKERS = f"{RQ}:workers"
 
+RESULT_TTL_S = 24 * 3600  # a finished call's result is kept this long (RQ's result_ttl)
+DEAD_TTL_S = 7 * 24 * 3600  # a dead letter (and a canceled call) is kept this long
+
 # RQ reads a started job's registry score as the time its run expires and "cleans up" older
 # entries whenever someone counts the registry (rq info does). Runs here are watched by
 # leases instead, so the score is far ahead: RQ's own clean-up never touches them.

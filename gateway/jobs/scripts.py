@@ -14,7 +14,7 @@ is what a mesh's control plane is (not a cluster).
 from __future__ import annotations
 
 # KEYS: job, queue, rq:queues. ARGV: id, origin (queue name), the job's field/value pairs
-# packed as LEN:BYTES each (see store.pack), the mesh's queue prefix ("PREFIX."), function.
+# packed as LEN:BYTES each (see intake.pack), the mesh's queue prefix ("PREFIX."), function.
 # → 1 when accepted, else the status of the job already under that id (in any lane of the
 # function: the same call sent again to another node), or 'conflict' when that job is not
 # this function's (another function's, or another mesh's or RQ app's).

@@ -9,42 +9,21 @@ age exhausted — a dead letter in RQ's failed registry: shown as *dead*); ``can
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
 
 from gateway.jobs import layout, scripts
+from gateway.jobs.intake import Intake, NewCall
+from gateway.jobs.layout import DEAD_TTL_S, RESULT_TTL_S
 
-RESULT_TTL_S = 24 * 3600  # a finished call's result is kept this long
-DEAD_TTL_S = 7 * 24 * 3600  # a dead letter (and a canceled call) is kept this long
 LEASE_MS = 4000  # a run's lease: renewed every second, lapses 4 s after its node stops
 MOST_LOST_RUNS = 5  # a job whose node was lost that many runs in a row becomes dead
 CALLBACK_LEASE_S = 90.0  # a callback not confirmed this long after it was due is sent again
-
-
-@dataclass(frozen=True)
-class NewCall:
-    """What ``/async-function`` accepted."""
-
-    job_id: str
-    function: str
-    method: bytes
-    path: bytes
-    query: bytes
-    headers: bytes
-    body: bytes
-    callback_url: str
-    idempotency_key: str
-    retries: int
-    timeout_s: float
-    lane: str = ""  # the queue's lane (see layout.lane); the function's shared one if empty
 
 
 @dataclass(frozen=True)
@@ -88,9 +67,7 @@ class JobStore:
         self.blocking = blocking
         self.prefix = prefix
         self.leases = layout.lease_prefix(prefix)
-        self._accept = redis.register_script(scripts.ACCEPT)
-        self._accepts: list[tuple[str, str, bytes, str, asyncio.Future[Any]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self.intake = Intake(redis, prefix)
         self._claim = redis.register_script(scripts.CLAIM)
         self._settle = redis.register_script(scripts.SETTLE)
         self._requeue = redis.register_script(scripts.REQUEUE)
@@ -114,82 +91,8 @@ class JobStore:
     # ------------------------------------------------------------------ steps
 
     async def accept(self, call: NewCall) -> str | None:
-        """Enqueue ``call``; None when it is new, else the status of the job that already
-        has its id (the same call sent twice is one job), or 'conflict' when that job is
-        another function's."""
-        now = time.time()
-        stamp = layout.rq_time(now).encode()
-        moment = repr(now).encode()
-        queue = self.queue(call.lane or call.function)
-        fields = _constant_fields(queue, call.function, call.retries, call.timeout_s) + pack(
-            b"created_at", stamp,
-            b"enqueued_at", stamp,
-            b"ef_m", call.method,
-            b"ef_p", call.path,
-            b"ef_q", call.query,
-            b"ef_h", call.headers,
-            b"ef_b", call.body,
-            b"ef_cb", call.callback_url.encode(),
-            b"ef_idem", call.idempotency_key.encode(),
-            b"ef_created", moment,
-            b"ef_age_from", moment,
-        )  # fmt: skip
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._accepts.append((call.job_id, queue, fields, call.function, future))
-        if len(self._accepts) == 1:  # the first of this turn of the loop: send them soon
-            asyncio.get_running_loop().call_soon(self._send_accepts)
-        answer = await future
-        return None if answer == 1 else _text(answer)
-
-    def _send_accepts(self) -> None:
-        batch, self._accepts = self._accepts, []
-        task = asyncio.get_running_loop().create_task(self._accept_batch(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _accept_batch(
-        self, batch: list[tuple[str, str, bytes, str, asyncio.Future[Any]]]
-    ) -> None:
-        """Accepts that arrived in one turn of the event loop, in one pipeline: one write
-        and one read for all of them instead of one each (the accept path is bound by the
-        gateway's one core)."""
-        answers: list[Any] = []
-        try:
-            answers = await self._pipelined_accepts(batch)
-            again = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
-            if again:  # Redis lost its scripts (or never had them) before these ran
-                # Only those: another node's SCRIPT LOAD may have come between the commands
-                # of this pipeline, and sending an accepted call again makes a "duplicate".
-                try:
-                    await self.redis.script_load(scripts.ACCEPT)
-                    resent = await self._pipelined_accepts([batch[i] for i in again])
-                except Exception as exc:  # (the others were accepted: they are told so)
-                    resent = [exc] * len(again)
-                for i, answer in zip(again, resent, strict=True):
-                    answers[i] = answer
-        except Exception as exc:  # Redis unreachable: every caller is told
-            answers = [exc] * len(batch)
-        finally:  # cancelled (the node is stopping): no caller waits for ever
-            for i, (*_, future) in enumerate(batch):
-                if future.done():
-                    continue
-                answer = answers[i] if i < len(answers) else RedisError("not sent")
-                if isinstance(answer, Exception):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
-
-    async def _pipelined_accepts(
-        self, batch: list[tuple[str, str, bytes, str, asyncio.Future[Any]]]
-    ) -> list[Any]:
-        sha = self._accept.sha
-        mesh = self.queue("")
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, queue, fields, function, _ in batch:
-                keys = (layout.job_key(job_id), layout.queue_key(queue), layout.QUEUES)
-                pipe.evalsha(sha, 3, *keys, job_id, queue, fields, mesh, function)
-            answers: list[Any] = await pipe.execute(raise_on_error=False)
-        return answers
+        """See :meth:`Intake.accept`."""
+        return await self.intake.accept(call)
 
     async def claim(self, lane: str, count: int, worker: str, node: str) -> list[Run]:
         """Take up to ``count`` queued jobs of ``lane`` for this node to run now."""
@@ -429,32 +332,6 @@ class JobStore:
         due = now + CALLBACK_LEASE_S if final else 0
         args: list[Any] = [run.job_id, run.token, score, ttl_s, due, *fields]
         return bool(await self._settle(keys=keys, args=args))
-
-
-def pack(*values: bytes) -> bytes:
-    """Values as one string the ACCEPT script splits (``LEN:BYTES`` each): one argument
-    instead of dozens, which redis-py would encode one by one (most of an accept's cost)."""
-    return b"".join([b"%d:%s" % (len(v), v) for v in values])
-
-
-@lru_cache(maxsize=1024)
-def _constant_fields(queue: str, function: str, retries: int, timeout_s: float) -> bytes:
-    """The fields every job of a function starts with, packed once."""
-    return pack(
-        b"status", b"queued",
-        b"origin", queue.encode(),
-        b"data", layout.job_data(function),
-        b"description", f"edgefaas call to {function}".encode(),
-        b"timeout", b"%d" % max(1, int(timeout_s + 0.999)),
-        b"result_ttl", b"%d" % RESULT_TTL_S,
-        b"failure_ttl", b"%d" % DEAD_TTL_S,
-        b"retries_left", b"%d" % retries,
-        b"worker_name", b"",
-        b"started_at", b"",
-        b"ended_at", b"",
-        b"ef_fn", function.encode(),
-        b"ef_attempts", b"0",
-    )  # fmt: skip
 
 
 def _text(value: Any) -> str:

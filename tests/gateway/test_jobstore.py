@@ -31,14 +31,13 @@ from rq.registry import (
 )
 
 from gateway.jobs import layout, scripts
+from gateway.jobs.intake import NewCall
+from gateway.jobs.layout import DEAD_TTL_S, RESULT_TTL_S
 from gateway.jobs.store import (
     CALLBACK_LEASE_S,
-    DEAD_TTL_S,
     LEASE_MS,
     MOST_LOST_RUNS,
-    RESULT_TTL_S,
     JobStore,
-    NewCall,
     Outcome,
     Run,
 )
@@ -685,7 +684,7 @@ async def test_a_script_load_between_a_pipelines_accepts_resends_only_those_not_
 ) -> None:
     """Another node loads the script while this node's pipeline runs: the accepts before it
     fail with NOSCRIPT, those after it are accepted — and must not be sent again."""
-    real = store._pipelined_accepts
+    real = store.intake._pipelined_accepts
     first = True
 
     async def interleaved(batch: list[Any]) -> list[Any]:
@@ -698,7 +697,7 @@ async def test_a_script_load_between_a_pipelines_accepts_resends_only_those_not_
         await store.redis.script_load(scripts.ACCEPT)  # the other node's
         return early + await real(batch[2:])
 
-    monkeypatch.setattr(store, "_pipelined_accepts", interleaved)
+    monkeypatch.setattr(store.intake, "_pipelined_accepts", interleaved)
     calls = [new_call(store, f"mixed-{n}") for n in range(5)]
     answers = await asyncio.gather(*(store.accept(call) for call in calls))
     assert answers == [None] * 5  # each accepted once, none a "duplicate"

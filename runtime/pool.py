@@ -386,6 +386,11 @@ class WarmPool:
             if w.phase is WorkerPhase.SERVING and len(w.calls) < concurrency
         )
 
+    def scaled_to_zero(self) -> bool:
+        """Running with no worker, not even one starting: only a call (or :meth:`grow`)
+        forks one."""
+        return self.state is PoolState.RUNNING and not self._live()
+
     def grow(self) -> None:
         """Asynchronous calls wait and no slot is spare: start one more worker, within
         ``max``, unless one is starting already (it retires when idle, like any other)."""

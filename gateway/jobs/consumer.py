@@ -6,7 +6,8 @@ Arbitration with sync calls: a consumer claims only as many jobs as
 :meth:`~runtime.pool.WarmPool.spare_slots` says — none while a sync call waits in the
 pool's queue, else the free slots of serving workers. So asynchronous calls fill idle
 capacity and never queue ahead of a sync call. When jobs keep coming and no slot is spare,
-it asks the pool for one more worker (within ``pool.max``); idle workers retire as usual.
+it asks the pool for one more worker (within ``pool.max``), as it does when a call waits
+and the pool has scaled to zero; idle workers retire as usual.
 A node whose workers are busy claims nothing, so its peers drain the backlog.
 """
 
@@ -85,8 +86,11 @@ class Consumer:
             spare = pool.spare_slots()
             try:
                 if spare <= 0:
-                    if backlog:
+                    if backlog or (pool.scaled_to_zero() and await calls.store.waiting(self.lanes)):
                         pool.grow()
+                    if pool.scaled_to_zero():  # no slot will come free: wait for a call
+                        await calls.store.wait(self.lanes[0], self._wait_s())
+                        continue
                     pool.slot_freed.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(pool.slot_freed.wait(), SLOT_WAIT_S)
@@ -95,7 +99,7 @@ class Consumer:
                 runs = await self._claim(count)
                 backlog = len(runs) == count
                 if not runs:
-                    await calls.store.wait(self.lanes[0], POLL_S if len(self.lanes) > 1 else WAIT_S)
+                    await calls.store.wait(self.lanes[0], self._wait_s())
                     continue
                 for run in runs:
                     calls.execute(pool, run, self)
@@ -106,6 +110,9 @@ class Consumer:
             except Exception:
                 log.exception("async calls of %s: the consumer failed; going on", self.function)
                 await asyncio.sleep(RETRY_S)
+
+    def _wait_s(self) -> float:
+        return POLL_S if len(self.lanes) > 1 else WAIT_S
 
     async def _claim(self, count: int) -> list[Run]:
         """Up to ``count`` runs: from the first lane, then from the others (the next only

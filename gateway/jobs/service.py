@@ -290,7 +290,7 @@ class AsyncCalls:
                 await self.store.callback_done(job_id)
                 continue
             error = job.get("ef_error", b"").decode("utf-8", "replace")
-            status = int(job.get("ef_code", b"0") or 0) or 502
+            status = int(job.get("ef_code", b"0") or 0)  # 0: no answer (callback says 500)
             body = job.get("ef_rb", b"") or error.encode()
             duration = float(job.get("ef_dur", b"0") or 0)
             outcome = Outcome(status, job.get("ef_rh", b""), body, duration, error)

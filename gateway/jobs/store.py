@@ -288,6 +288,14 @@ class JobStore:
         """Dead letters of ``lane`` not yet expired (a lane no node drains is not trimmed)."""
         return int(await self.redis.zcount(self.registry("failed", lane), time.time(), "+inf"))
 
+    async def waiting(self, lanes: list[str]) -> int:
+        """How many calls wait in the queues of ``lanes``."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lane in lanes:
+                pipe.llen(self.queue_key(lane))
+            counts: list[int] = await pipe.execute()
+        return sum(counts)
+
     async def wait(self, lane: str, timeout_s: float) -> bool:
         """Block until the queue of ``lane`` has a job (True) or ``timeout_s`` passes.
         ``BLMOVE q q`` moves the head to where it was: it only waits."""

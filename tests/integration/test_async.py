@@ -41,7 +41,7 @@ from tests.integration.async_helpers import (
     wait_status,
     write_async_function,
 )
-from tests.integration.mesh_helpers import Mesh, StartNode, admin_get
+from tests.integration.mesh_helpers import Mesh, StartNode, admin_get, function_view
 from tests.integration.spill_helpers import CountingServer, Received
 from tests.integration.test_mesh import new_mesh
 
@@ -234,6 +234,19 @@ def test_a_queued_call_can_be_canceled_and_never_runs(
     assert call_status(node, second)["status"] == "canceled"
     unknown = cancel(node, f"no-such-call-{uuid.uuid4().hex}")
     assert unknown.status_code == 404, unknown.text
+
+
+def test_a_pool_scaled_to_zero_forks_a_worker_for_its_async_calls(
+    mesh: Mesh, redis_client: redis.Redis
+) -> None:
+    manifest = write_async_function(mesh, "sleepy", pool="{min: 0, max: 2, idle_timeout_s: 0.5}")
+    node = mesh.start(manifest)
+    mesh.wait_serving("sleepy", "v1", [node])  # (a sync call: it forks one worker)
+    wait_for(lambda: function_view(node, "sleepy")["replicas"] == 0, 20, 0.1, "the pool at zero")
+
+    ids = [accepted(enqueue(node, "sleepy", b"wake %d" % i), "sleepy") for i in range(3)]
+    wait_status(node, ids, "finished", FINISH_TIMEOUT_S)  # no sync call came to fork one
+    assert len(runs(redis_client, mesh, "sleepy")) == 3
 
 
 # ---------------------------------------------------------------------------- node loss

@@ -147,16 +147,18 @@ class AsyncCalls:
         self.running[run.job_id] = run
         call: Call | None = None
         policy = pool.spec.async_policy
+        started = time.perf_counter()  # (not in the task: it may first run after the answer)
         if time.time() - run.age_from <= policy.max_age_s:
             call = pool.submit(run.method, run.path, run.query, run.headers, run.job_id, run.body)
-        task = asyncio.get_running_loop().create_task(self._execute(pool, run, consumer, call))
+        task = asyncio.get_running_loop().create_task(
+            self._execute(pool, run, consumer, call, started)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _execute(
-        self, pool: WarmPool, run: Run, consumer: Consumer, call: Call | None
+        self, pool: WarmPool, run: Run, consumer: Consumer, call: Call | None, started: float
     ) -> None:
-        started = time.perf_counter()
         try:
             if call is None:
                 max_age_s = pool.spec.async_policy.max_age_s

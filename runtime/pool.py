@@ -109,7 +109,10 @@ class WarmPool:
         self.dispatch.concurrency = self.concurrency
         if self.spec.batch is not None:
             self.dispatch.batch_size = self.spec.batch.max_size
-            self.dispatch.batch_wait_s = self.spec.batch.max_wait_ms / 1000
+            # a call held for its batch must be sent well before the queue's own limit
+            self.dispatch.batch_wait_s = min(
+                self.spec.batch.max_wait_ms / 1000, self.dispatch.max_wait_s / 2
+            )
         self._set_state(PoolState.RUNNING)
         self._fill()
 

@@ -53,6 +53,13 @@ async def test_each_call_of_a_batch_counts_the_batchs_time_as_its_service_time()
         assert pool.stats.service_s >= 0.15  # each of the batch's calls took its 0.2 s
 
 
+async def test_a_call_is_never_held_for_its_batch_near_the_queues_limit() -> None:
+    spec = batching_spec(max_queue_wait_ms=100)
+    spec = dataclasses.replace(spec, batch=BatchSpec(8, 1000))  # type: ignore[type-var]
+    async with running(spec) as pool:  # type: ignore[arg-type]
+        assert pool.dispatch.batch_wait_s == pytest.approx(0.05)  # not 1 s: it would be 429
+
+
 async def test_a_batch_is_never_larger_than_max_size() -> None:
     async with running(batching_spec(max_size=3)) as pool:  # type: ignore[arg-type]
         first = submit(pool, b"first", "c0", b"sleep=0.3")

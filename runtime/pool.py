@@ -394,14 +394,17 @@ class WarmPool:
         forks one."""
         return self.state is PoolState.RUNNING and not self._live()
 
-    def grow(self) -> None:
+    def grow(self) -> bool:
         """Asynchronous calls wait and no slot is spare: start one more worker, within
-        ``max``, unless one is starting already (it retires when idle, like any other)."""
+        ``max``, unless one is starting already (it retires when idle, like any other).
+        False when it started none."""
         if self.state is not PoolState.RUNNING or self.zygote is None or not self.zygote.alive:
-            return
+            return False
         live = self._live()
         if len(live) < self.max and all(w.phase is WorkerPhase.SERVING for w in live):
             self._spawn()
+            return True
+        return False
 
     # ---------------------------------------------------------------- scaling
 

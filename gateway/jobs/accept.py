@@ -126,6 +126,8 @@ class Acceptor:
             ) from None
         if existing == "conflict":
             raise Conflict(f"X-Call-Id: {job_id} is the id of another function's call")
+        if existing is None and pool.scaled_to_zero():  # this node forks for its own calls
+            pool.grow()
         answer = {"call_id": job_id, "function": name, "status": "queued"}
         if existing is not None:  # the same id twice: one job
             answer["status"] = shown_status(existing)

@@ -6,8 +6,9 @@ Arbitration with sync calls: a consumer claims only as many jobs as
 :meth:`~runtime.pool.WarmPool.spare_slots` says — none while a sync call waits in the
 pool's queue, else the free slots of serving workers. So asynchronous calls fill idle
 capacity and never queue ahead of a sync call. When jobs keep coming and no slot is spare,
-it asks the pool for one more worker (within ``pool.max``), as it does when a call waits
-and the pool has scaled to zero; idle workers retire as usual.
+it asks the pool for one more worker (within ``pool.max``); a pool scaled to zero forks
+one for the calls it accepts, and for calls still waiting after ``GROW_GRACE_S`` (a
+backlog); idle workers retire as usual.
 A node whose workers are busy claims nothing, so its peers drain the backlog.
 """
 
@@ -30,6 +31,7 @@ from gateway.jobs import layout
 if TYPE_CHECKING:
     from gateway.jobs.service import AsyncCalls
     from gateway.jobs.store import Run
+    from runtime.pool import WarmPool
 
 log = logging.getLogger("edgefaas.jobs")
 
@@ -38,6 +40,7 @@ WAIT_S = 1.0  # one blocking wait for the queue (the loop then looks at its flag
 POLL_S = 0.25  # the wait when it drains other lanes too (it can wait on one list only)
 SLOT_WAIT_S = 1.0
 RETRY_S = 1.0  # after a Redis error
+GROW_GRACE_S = 1.0  # a call waiting this long makes a pool at zero fork (see _wake_from_zero)
 WORKER_TTL_S = 10  # an RQ worker record outlives its last heartbeat by this much
 RQ_VERSION = version("rq")
 
@@ -86,11 +89,11 @@ class Consumer:
             spare = pool.spare_slots()
             try:
                 if spare <= 0:
-                    if backlog or (pool.scaled_to_zero() and await calls.store.waiting(self.lanes)):
-                        pool.grow()
-                    if pool.scaled_to_zero():  # no slot will come free: wait for a call
-                        await calls.store.wait(self.lanes[0], self._wait_s())
+                    if pool.scaled_to_zero():  # no slot will come free
+                        await self._wake_from_zero(pool)
                         continue
+                    if backlog:
+                        pool.grow()
                     pool.slot_freed.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(pool.slot_freed.wait(), SLOT_WAIT_S)
@@ -110,6 +113,20 @@ class Consumer:
             except Exception:
                 log.exception("async calls of %s: the consumer failed; going on", self.function)
                 await asyncio.sleep(RETRY_S)
+
+    async def _wake_from_zero(self, pool: WarmPool) -> None:
+        """The pool has no worker: wait for a call, then fork one if calls still wait after
+        ``GROW_GRACE_S`` — the node that accepted a call forks for it at once (see
+        :mod:`gateway.jobs.accept`), so a peer at zero forks only for a backlog."""
+        store = self.calls.store
+        if not await store.waiting(self.lanes):
+            await store.wait(self.lanes[0], self._wait_s())
+            return
+        pool.slot_freed.clear()  # (set as soon as a worker this node forked is ready)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.slot_freed.wait(), GROW_GRACE_S)
+        if pool.scaled_to_zero() and await store.waiting(self.lanes) and not pool.grow():
+            await asyncio.sleep(RETRY_S)  # (its zygote is gone: the pool is restarting)
 
     def _wait_s(self) -> float:
         return POLL_S if len(self.lanes) > 1 else WAIT_S

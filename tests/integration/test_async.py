@@ -236,17 +236,27 @@ def test_a_queued_call_can_be_canceled_and_never_runs(
     assert unknown.status_code == 404, unknown.text
 
 
-def test_a_pool_scaled_to_zero_forks_a_worker_for_its_async_calls(
+def test_a_pool_scaled_to_zero_forks_a_worker_for_its_async_calls_on_the_accepting_node(
     mesh: Mesh, redis_client: redis.Redis
 ) -> None:
     manifest = write_async_function(mesh, "sleepy", pool="{min: 0, max: 2, idle_timeout_s: 0.5}")
-    node = mesh.start(manifest)
-    mesh.wait_serving("sleepy", "v1", [node])  # (a sync call: it forks one worker)
-    wait_for(lambda: function_view(node, "sleepy")["replicas"] == 0, 20, 0.1, "the pool at zero")
+    alpha = mesh.start(manifest, "--node", "alpha")
+    bravo = mesh.start(None, "--node", "bravo")
+    mesh.wait_serving("sleepy", "v1")  # (a sync call to each: it forks one worker)
 
-    ids = [accepted(enqueue(node, "sleepy", b"wake %d" % i), "sleepy") for i in range(3)]
-    wait_status(node, ids, "finished", FINISH_TIMEOUT_S)  # no sync call came to fork one
+    def at_zero() -> bool:
+        return all(function_view(node, "sleepy")["replicas"] == 0 for node in (alpha, bravo))
+
+    wait_for(at_zero, 20, 0.1, "both pools at zero")
+    forked_on_bravo = function_view(bravo, "sleepy")["counters"]["spawned"]
+
+    ids = [accepted(enqueue(alpha, "sleepy", b"wake %d" % i), "sleepy") for i in range(3)]
+    views = wait_status(alpha, ids, "finished", FINISH_TIMEOUT_S)  # no sync call forked one
     assert len(runs(redis_client, mesh, "sleepy")) == 3
+    assert {view["node"] for view in views.values()} == {"alpha"}, views
+    time.sleep(1.5)  # (past the grace a peer at zero gives the accepting node)
+    # bravo, at zero too and waiting on the same queue, did not fork for alpha's calls
+    assert function_view(bravo, "sleepy")["counters"]["spawned"] == forked_on_bravo
 
 
 # ---------------------------------------------------------------------------- node loss

@@ -217,7 +217,11 @@ CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 local origin = redis.call('HGET', KEYS[1], 'origin') or ''
-if string.sub(origin, 1, #ARGV[7]) ~= ARGV[7] then return 'missing' end
+local lane = string.sub(origin, #ARGV[7] + 1)
+if string.sub(origin, 1, #ARGV[7]) ~= ARGV[7]
+  or not (string.find(lane, '^[a-z][a-z0-9_%-]*$') or string.find(lane, '^[a-z][a-z0-9_%-]*@')) then
+  return 'missing'  -- (a nested prefix's queue "PREFIX.lab.motion" has no lane of this mesh)
+end
 if status == 'queued' then
   redis.call('LREM', ARGV[6] .. ':queue:' .. origin, 0, ARGV[1])
 elseif status == 'scheduled' then

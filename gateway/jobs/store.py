@@ -245,8 +245,9 @@ class JobStore:
         """The job's fields; None when there is none, or it is not this mesh's."""
         raw: dict[Any, Any] = await self.redis.hgetall(layout.job_key(job_id))
         job = {_text(k): v for k, v in raw.items()}
-        if not _text(job.get("origin", b"")).startswith(self.prefix + "."):
-            return None
+        mesh, origin = self.queue(""), _text(job.get("origin", b""))
+        if not origin.startswith(mesh) or not layout.LANE.fullmatch(origin[len(mesh) :]):
+            return None  # (another mesh's: "PREFIX.lab.motion" has no lane of this one)
         return job
 
     async def trim(self, lanes: list[str]) -> None:

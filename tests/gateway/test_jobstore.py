@@ -627,6 +627,15 @@ async def test_another_mesh_s_job_is_neither_shown_nor_canceled(
         foreign = JobStore(client, client, store.prefix + "x")  # queue names "PREFIXx.…"
         assert await foreign.get(jid) is None
         assert await foreign.cancel(jid) == "missing"
+        nested = JobStore(client, client, store.prefix + ".lab")  # "PREFIX.lab.motion"
+        [theirs] = await accepted(nested, "theirs")
+        assert await store.get(theirs) is None
+        assert await store.cancel(theirs) == "missing"
+        assert await field(nested, theirs, "status") == "queued"
+        pinned = dataclasses.replace(new_call(store, "pinned"), lane=layout.lane(FN, "a.b"))
+        assert await store.accept(pinned) is None  # (a node's own lane is this mesh's)
+        assert (await store.get(pinned.job_id) or {}).get("status") == b"queued"
+        assert await store.cancel(pinned.job_id) == "canceled"
     finally:
         await client.aclose()
     assert await field(store, jid, "status") == "queued"

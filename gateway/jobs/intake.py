@@ -75,9 +75,9 @@ class Intake:
         if len(self._accepts) == 1:  # the first of this turn of the loop: send them soon
             asyncio.get_running_loop().call_soon(self._send_accepts)
         answer = await future
-        return (
-            None if answer == 1 else answer.decode() if isinstance(answer, bytes) else str(answer)
-        )
+        if answer == 1:
+            return None
+        return answer.decode() if isinstance(answer, bytes) else str(answer)
 
     def _send_accepts(self) -> None:
         batch, self._accepts = self._accepts, []

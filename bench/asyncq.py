@@ -450,7 +450,7 @@ def node_phases(
     node_url = f"http://127.0.0.1:{port}"
     log = work / "node.log"
     command = [
-        sys.executable, "-c", "from gateway.cli import main; main()", "up",
+        sys.executable, "-c", "from gateway.cli.main import main; main()", "up",
         "--port", str(port), "--node", args.prefix, "--data-dir", str(work / "data"),
         "--manifest", str(manifest), "--redis", url, "--key-prefix", args.prefix,
         "--no-call-log", "--log-level", "warning",

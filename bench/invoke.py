@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     node_cmd = [
         sys.executable,
         "-c",
-        "from gateway.cli import main; main()",
+        "from gateway.cli.main import main; main()",
         "up",
         "--port",
         str(node_port),

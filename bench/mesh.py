@@ -107,7 +107,7 @@ def local_mesh(
     mesh_dir = workdir / "mesh"
     names = [f"edge-{i + 1}" for i in range(count)] + (["cloud"] if cloud else [])
     base = consecutive_ports(len(names))
-    command = [sys.executable, "-m", "gateway.cli", "mesh", "up", "--nodes", str(count)]
+    command = [sys.executable, "-m", "gateway.cli.main", "mesh", "up", "--nodes", str(count)]
     command += ["--base-port", str(base), "--dir", str(mesh_dir)]
     command += ["--cloud"] if cloud else []
     command += ["--manifest", str(manifest)] if manifest is not None else []

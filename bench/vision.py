@@ -304,7 +304,8 @@ def node(manifest: Path, work: Path, setup: str) -> Iterator[str]:
     port = free_port()
     slug = setup.replace(" ", "-")
     command = [
-        sys.executable, "-c", "from gateway.cli import main; main()", "up", "--port", str(port),
+        sys.executable, "-c", "from gateway.cli.main import main; main()",
+        "up", "--port", str(port),
         "--data-dir", str(work / f"data-{slug}"), "--manifest", str(manifest), "--node", slug,
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -16,12 +16,14 @@ from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin, mesh_api, records_api
+from gateway import admin
 from gateway.errors import GatewayError, error_response, internal_error_response
 from gateway.invoke import Invoker
 from gateway.jobs import routes as job_routes
 from gateway.jobs.accept import Acceptor
+from gateway.mesh import api as mesh_api
 from gateway.node import Node
+from gateway.records import api as records_api
 from runtime.errors import RuntimeFailure
 from runtime.responses import error_body
 

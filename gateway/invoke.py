@@ -1,7 +1,7 @@
 """The call path: ``/function/{name}[/{rest}]`` and the manifest's trigger paths.
 
 A plain ASGI endpoint, because it is the hot path: it reads the body (refusing oversize ones
-before reading them), asks the :class:`~gateway.router.Router` where the call is served —
+before reading them), asks the :class:`~gateway.mesh.router.Router` where the call is served —
 here, on a peer, in the cloud, or nowhere (429) — and writes the answer with ``X-Call-Id``,
 ``X-Served-By`` and ``X-Duration-Seconds``. A call another node forwarded is checked (mesh
 signature, no replay, same digest) and then served here or refused, never sent on.
@@ -30,8 +30,8 @@ from gateway.errors import (
     error_response,
     internal_error_response,
 )
-from gateway.forward import DIGEST_HEADER, HOP_HEADER, REFUSED_HEADER
-from gateway.router import Outgoing, signed_target
+from gateway.mesh.forward import DIGEST_HEADER, HOP_HEADER, REFUSED_HEADER
+from gateway.mesh.router import Outgoing, signed_target
 from registry.errors import MeshAuthError
 from registry.meshauth import NONCE_HEADER, ReplayGuard, verify_request
 from runtime.errors import Overloaded, RuntimeFailure, Unavailable

@@ -19,11 +19,11 @@ from gateway.auth import load_or_create_token, token_path
 from gateway.calllog import CallLog
 from gateway.invoke import CallIds
 from gateway.jobs.service import AsyncCalls
-from gateway.mesh import MeshAgent, load_or_create_secret, load_or_create_signing_key
+from gateway.mesh.agent import MeshAgent, load_or_create_secret, load_or_create_signing_key
+from gateway.mesh.peers import PeerView
+from gateway.mesh.router import Router
 from gateway.metrics import Metrics
-from gateway.peers import PeerView
-from gateway.recorder import Recorder
-from gateway.router import Router
+from gateway.records.recorder import Recorder
 from gateway.settings import Settings
 from registry.redis_server import mask_password
 from registry.signing import TrustedKeys

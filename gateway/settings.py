@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.callbacks import allow_list_problem
 from gateway.errors import SettingsError
+from gateway.jobs.callbacks import allow_list_problem
 from runtime.protocol import MAX_FRAME_BYTES
 
 UP = ("up",)

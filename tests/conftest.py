@@ -99,7 +99,7 @@ class NodeProcess:
 
 
 def cli_command() -> list[str]:
-    return [sys.executable, "-c", "from gateway.cli import main; main()"]
+    return [sys.executable, "-c", "from gateway.cli.main import main; main()"]
 
 
 @pytest.fixture

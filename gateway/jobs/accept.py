@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
-from gateway.callbacks import MAX_URL_CHARS
 from gateway.errors import (
     BadRequest,
     Conflict,
@@ -30,6 +29,7 @@ from gateway.errors import (
     internal_error_response,
 )
 from gateway.invoke import ClientGone, check_target
+from gateway.jobs.callbacks import MAX_URL_CHARS
 from gateway.jobs.intake import NewCall
 from gateway.jobs.layout import shown_status
 from runtime.errors import Unavailable

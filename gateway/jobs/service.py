@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.callbacks import CallbackPolicy, CallbackSender, Delivery
 from gateway.errors import error_response
+from gateway.jobs.callbacks import CallbackPolicy, CallbackSender, Delivery
 from gateway.jobs.consumer import Consumer, farewell, heartbeat
 from gateway.jobs.lanes import accept_lane, drained_lanes
 from gateway.jobs.store import LEASE_MS, JobStore, Outcome, Run

@@ -7,8 +7,10 @@ import pytest
 import yaml
 from starlette.routing import Route
 
-from gateway import admin, mesh_api, records_api
+from gateway import admin
 from gateway.jobs import routes as job_routes
+from gateway.mesh import api as mesh_api
+from gateway.records import api as records_api
 
 ROUTES = [*admin.routes(), *mesh_api.routes(), *records_api.routes(), *job_routes.routes()]
 

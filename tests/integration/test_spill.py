@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from gateway.router import signed_target
+from gateway.mesh.router import signed_target
 from registry.meshauth import sign_call, verify_request
 from tests.conftest import NodeProcess, wait_for
 from tests.integration.mesh_helpers import Mesh, StartNode

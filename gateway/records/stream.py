@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway.records import ROW_FIELDS
+from gateway.records.buffer import ROW_FIELDS
 from registry.keys import Keys, text
 
 log = logging.getLogger("edgefaas.records")

@@ -22,8 +22,8 @@ from starlette.routing import Route
 
 from gateway.admin import admin, node_of
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
-from gateway.records import check_batch
-from gateway.recordstore import MAX_LIMIT, RecordStore
+from gateway.records.buffer import check_batch
+from gateway.records.store import MAX_LIMIT, RecordStore
 from registry.errors import MeshAuthError
 from registry.meshauth import NONCE_HEADER, verify_request
 

@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisError
 
-from gateway.peers import Member
-from gateway.records import as_record
-from gateway.recordstream import Entry, RecordStream
+from gateway.mesh.peers import Member
+from gateway.records.buffer import as_record
+from gateway.records.stream import Entry, RecordStream
 from registry.meshauth import sign_call
 
 log = logging.getLogger("edgefaas.records")

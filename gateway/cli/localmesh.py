@@ -24,7 +24,7 @@ import httpx
 
 from gateway.auth import load_or_create_token
 from gateway.errors import StartupFailed
-from gateway.mesh import load_or_create_secret
+from gateway.mesh.agent import load_or_create_secret
 from registry.redis_server import EmbeddedRedis
 from registry.signing import generate_key_pair
 from runtime.lifeline import preexec_die_with
@@ -114,7 +114,7 @@ def _start_member(
     command = [
         sys.executable,
         "-m",
-        "gateway.cli",
+        "gateway.cli.main",
         "up",
         "--node",
         name,

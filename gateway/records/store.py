@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.records import FIELDS, Record, Row, as_record
+from gateway.records.buffer import FIELDS, Record, Row, as_record
 
 FILE = "records.sqlite3"
 MAX_LIMIT = 10_000

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.breaker import CircuitBreaker
+from gateway.mesh.breaker import CircuitBreaker
 
 pytestmark = pytest.mark.anyio
 

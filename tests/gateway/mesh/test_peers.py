@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway import peers
-from gateway.peers import DOWN_S, STALE_S, PeerView
+from gateway.mesh import peers
+from gateway.mesh.peers import DOWN_S, STALE_S, PeerView
 
 DIGEST = "a" * 64
 OTHER = "b" * 64

@@ -15,13 +15,21 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-import gateway.recordstream
-import gateway.shipper
+import gateway.records.shipper
+import gateway.records.stream
 from gateway.errors import BadRequest
-from gateway.peers import Member
-from gateway.records import CHUNK, FUNCTION_CHARS, CallRecords, Record, Row, as_record, check_batch
-from gateway.recordstream import RecordStream
-from gateway.shipper import PATH, RecordShipper, ShipFailed
+from gateway.mesh.peers import Member
+from gateway.records.buffer import (
+    CHUNK,
+    FUNCTION_CHARS,
+    CallRecords,
+    Record,
+    Row,
+    as_record,
+    check_batch,
+)
+from gateway.records.shipper import PATH, RecordShipper, ShipFailed
+from gateway.records.stream import RecordStream
 from registry.keys import Keys
 from registry.meshauth import verify_request
 from tests.conftest import free_port
@@ -234,13 +242,13 @@ async def test_during_a_redis_outage_a_flush_converts_at_most_one_chunk(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     encoded: list[int] = []
-    encode_rows = gateway.recordstream.encode_rows
+    encode_rows = gateway.records.stream.encode_rows
 
     def counting(rows: Sequence[Sequence[Any]]) -> str:
         encoded.append(len(rows))
         return encode_rows(rows)
 
-    monkeypatch.setattr(gateway.recordstream, "encode_rows", counting)
+    monkeypatch.setattr(gateway.records.stream, "encode_rows", counting)
     away = redis.asyncio.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
     records = CallRecords("edge", quota=100_000)
     records.start(RecordStream(away, Keys("edgefaas-test-away"), "edge", 100_000))
@@ -367,7 +375,7 @@ async def test_an_entry_the_cloud_refuses_for_good_is_dropped_counted_and_passed
 async def test_batches_are_split_by_size_but_entries_only_when_they_must_be(
     client: redis.asyncio.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway.shipper, "MAX_POST_BYTES", 2000)
+    monkeypatch.setattr(gateway.records.shipper, "MAX_POST_BYTES", 2000)
     records = CallRecords("edge", quota=100)
     node_stream = stream(client, redis_prefix)
     records.start(node_stream)

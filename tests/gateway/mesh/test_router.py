@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gateway.forward import UpstreamFailed, UpstreamTimedOut
+from gateway.mesh.forward import UpstreamFailed, UpstreamTimedOut
+from gateway.mesh.peers import STALE_S, PeerView
+from gateway.mesh.router import Outgoing, Router, Served, signed_target
 from gateway.metrics import Metrics
-from gateway.peers import STALE_S, PeerView
-from gateway.router import Outgoing, Router, Served, signed_target
 from registry.errors import MeshAuthError
 from registry.meshauth import verify_request
 from registry.specs import SpillSpec

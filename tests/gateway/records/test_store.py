@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from gateway.records import Record
-from gateway.recordstore import RecordStore
+from gateway.records.buffer import Record
+from gateway.records.store import RecordStore
 
 
 def record(call_id: str, node: str = "edge", function: str = "echo", at: float = 10.0) -> Record:

@@ -7,7 +7,7 @@ point of every call.
    has nowhere (pinned with ``spill.to: []``, no peer runs it and no cloud is set, or this
    node is the cloud) calls queue here up to ``pool.max_queue_wait_ms``, as on a lone node.
    ``X-Deadline-Ms`` tightens either.
-2. Else a **peer** that runs the same digest and reports a free slot (:mod:`gateway.peers`).
+2. Else a **peer** that runs the same digest and reports a free slot (:mod:`gateway.mesh.peers`).
 3. Else the **cloud**: an edgefaas node with ``--role cloud`` running the same digest, or a
    foreign gateway for functions marked ``spill.cloud_compatible``; behind a circuit breaker.
 4. Else **429** with ``Retry-After``.
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from gateway.breaker import CircuitBreaker
 from gateway.errors import Headers
-from gateway.forward import (
+from gateway.mesh.breaker import CircuitBreaker
+from gateway.mesh.forward import (
     DIGEST_HEADER,
     HOP_HEADER,
     Forwarder,
@@ -41,8 +41,8 @@ from gateway.forward import (
     UpstreamTimedOut,
     forward_headers,
 )
+from gateway.mesh.peers import REFRESH_S, PeerView
 from gateway.metrics import Metrics
-from gateway.peers import REFRESH_S, PeerView
 from registry.meshauth import sign_call
 from runtime.admission import Admission, Verdict
 from runtime.defaults import KILL_GRACE_S

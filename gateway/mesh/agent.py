@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.reconciler import Reconciler, entries_from_applied
+from gateway.mesh.reconciler import Reconciler, entries_from_applied
 from registry.bundle import build_bundle
 from registry.desired import DesiredEntry, DesiredState
 from registry.errors import MeshError

@@ -3,8 +3,8 @@
 The call path appends a tuple (a row, in ``ROW_FIELDS`` order) to a list — about a
 microsecond. A background task writes the list out to the node's sink every ``FLUSH_S``, in
 chunks of at most ``CHUNK`` rows, one sink write per chunk: on an edge node the Redis stream
-``P:records:NODE`` (:class:`gateway.recordstream.RecordStream`: one entry per chunk), which
-the shipper (:mod:`gateway.shipper`) sends to the cloud; on a cloud node the record store
+``P:records:NODE`` (:class:`gateway.records.stream.RecordStream`: one entry per chunk), which
+the shipper (:mod:`gateway.records.shipper`) sends to the cloud; on a cloud node the record store
 itself. Rows become :class:`Record` dicts only there, when shipped or stored.
 
 A node keeps at most ``quota`` records waiting: when the cloud stays away long enough for

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway import forward
-from gateway.forward import Forwarded, Forwarder, NotRun, UpstreamFailed, UpstreamTimedOut
+from gateway.mesh import forward
+from gateway.mesh.forward import Forwarded, Forwarder, NotRun, UpstreamFailed, UpstreamTimedOut
 from tests.conftest import free_port
 from tests.gateway.stub_server import Received, answer, response, stub_server
 

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gateway import callbacks
-from gateway.callbacks import AllowList, CallbackPolicy, CallbackSender, Delivery
 from gateway.errors import SettingsError
+from gateway.jobs import callbacks
+from gateway.jobs.callbacks import AllowList, CallbackPolicy, CallbackSender, Delivery
 from gateway.settings import resolve
 from tests.conftest import free_port
 from tests.gateway.stub_server import Handler, Received, response, stub_server

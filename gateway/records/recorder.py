@@ -15,11 +15,11 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from gateway.errors import StartupFailed
-from gateway.peers import Member
-from gateway.records import CallRecords
-from gateway.recordstore import RecordStore
-from gateway.recordstream import RecordStream
-from gateway.shipper import RecordShipper
+from gateway.mesh.peers import Member
+from gateway.records.buffer import CallRecords
+from gateway.records.shipper import RecordShipper
+from gateway.records.store import RecordStore
+from gateway.records.stream import RecordStream
 from registry.meshauth import ReplayGuard
 
 if TYPE_CHECKING:

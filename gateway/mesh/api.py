@@ -34,7 +34,7 @@ from gateway.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
-from gateway.mesh import MeshAgent
+from gateway.mesh.agent import MeshAgent
 from registry.defaults import MAX_BUNDLE_BYTES
 from registry.errors import (
     BundleError,

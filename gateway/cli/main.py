@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway import client
+from gateway.cli import client
 from gateway.errors import GatewayError, UsageError
 from gateway.settings import Settings, declared, markdown_table, resolve, unknown_variables
 from registry.errors import MeshError, RedisServerError, RegistryError
@@ -192,7 +192,7 @@ def _scale_body(args: argparse.Namespace) -> dict[str, int]:
 
 
 def _deploy(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.deploy import run_deploy
+    from gateway.cli.deploy import run_deploy
 
     key = settings.signing_key or settings.resolved_data_dir() / "signing.key"
     if not key.exists():
@@ -220,7 +220,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _mesh(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.localmesh import run_local_mesh
+    from gateway.cli.localmesh import run_local_mesh
 
     if args.nodes < 1:
         raise UsageError("mesh up: --nodes must be at least 1")

@@ -6,7 +6,6 @@ Endpoint docstrings are OpenAPI fragments; ``/openapi.json`` is generated from t
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -14,30 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.auth import check_bearer
+from gateway.endpoints import admin, json_object, node_of
 from gateway.errors import BadRequest, NotFound
 from gateway.node import Node
 from runtime.pool import WarmPool
-
-MAX_ADMIN_BODY_BYTES = 64 * 1024
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def node_of(request: Request) -> Node:
-    node: Node = request.app.state.node
-    return node
-
-
-def admin(endpoint: Endpoint) -> Endpoint:
-    """Wrap an endpoint so that it answers only with the node's admin token."""
-
-    async def guarded(request: Request) -> Response:
-        check_bearer(request, node_of(request).admin_token)
-        return await endpoint(request)
-
-    guarded.__doc__ = endpoint.__doc__
-    guarded.__name__ = endpoint.__name__
-    return guarded
 
 
 async def list_functions(request: Request) -> Response:
@@ -156,19 +135,6 @@ def _pool(request: Request) -> WarmPool:
     if pool is None:
         raise NotFound(f"no function named {name!r} on this node")
     return pool
-
-
-async def json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_ADMIN_BODY_BYTES:
-        raise BadRequest(f"body: larger than {MAX_ADMIN_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body: not valid JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise BadRequest('body: expected a JSON object such as {"replicas": 2}')
-    return body
 
 
 def _bounds(body: dict[str, Any], name: str, current_max: int) -> tuple[int, int]:

@@ -17,14 +17,14 @@ from starlette.schemas import SchemaGenerator
 from starlette.types import Receive, Scope, Send
 
 from gateway import admin
-from gateway.errors import GatewayError, error_response, internal_error_response
+from gateway.errors import error_response, internal_error_response
 from gateway.invoke import Invoker
 from gateway.jobs import routes as job_routes
 from gateway.jobs.accept import Acceptor
 from gateway.mesh import api as mesh_api
 from gateway.node import Node
 from gateway.records import api as records_api
-from runtime.errors import RuntimeFailure
+from runtime.errors import StatusError
 from runtime.responses import error_body
 
 log = logging.getLogger("edgefaas.gateway")
@@ -55,7 +55,16 @@ class Gateway:
 
     def __init__(self, node: Node, app: Starlette) -> None:
         self.app = app
-        self.invoke = Invoker(node)
+        self.invoke = Invoker(
+            node.name,
+            node.supervisor.pools,
+            node.router,
+            node.recorder.buffer,
+            node.call_ids,
+            metrics=node.metrics,
+            call_log=node.call_log,
+            max_body_bytes=node.settings.max_body_bytes,
+        )
         self.accept = Acceptor(node.async_calls, self.invoke)
         self.triggers = node.supervisor.triggers  # updated in place as versions switch
 
@@ -115,7 +124,7 @@ def create_app(node: Node) -> Gateway:
 
 def _handlers() -> dict[Any, Any]:
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, (GatewayError, RuntimeFailure)):
+        if not isinstance(exc, StatusError):
             raise exc
         status, headers, body = error_response(exc)
         return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
@@ -138,8 +147,7 @@ def _handlers() -> dict[Any, Any]:
         return Response(body, status, media_type="application/json")
 
     return {
-        GatewayError: on_gateway_error,
-        RuntimeFailure: on_gateway_error,
+        StatusError: on_gateway_error,
         HTTPException: on_http_exception,
         Exception: on_unexpected,
     }

@@ -1,101 +1,86 @@
 """Errors of the gateway, and the one place where every error becomes an HTTP response.
 
 Responses are JSON ``{"error": {"code": ..., "message": ...}}`` with the status that says
-who is at fault: 400/404/405/413 for the caller, 429 + ``Retry-After`` for overload, 502 for
-a crashed worker, 503 for a function that cannot start, 504 for a timeout.
+who is at fault: 400/401/403/404/405/409/413/422 for the caller, 429 + ``Retry-After`` for
+overload, 502 for a crashed worker or upstream, 503 for a function (or the mesh) that cannot
+serve, 504 for a timeout. Gateway and runtime errors share one shape,
+:class:`runtime.errors.StatusError`; :func:`error_response` serves both.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from runtime.errors import Overloaded, RuntimeFailure
+from runtime.errors import Headers, StatusError
 from runtime.responses import JSON_TYPE, error_body
 
-Headers = list[tuple[bytes, bytes]]
+__all__ = ["Headers"]
 
 
-class GatewayError(Exception):
+class GatewayError(StatusError, status=400, code="bad_request"):
     """Base class: a request the gateway refuses, with its status and error code."""
-
-    status: ClassVar[int] = 400
-    code: ClassVar[str] = "bad_request"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class BadRequest(GatewayError):
-    pass
+    """The request is malformed; the message names the bad header, parameter or field."""
 
 
-class NotFound(GatewayError):
-    status = 404
-    code = "not_found"
+class Unauthorized(GatewayError, status=401, code="unauthorized"):
+    """No credentials, or credentials of the wrong form."""
+
+    def headers(self) -> Headers:
+        return [(b"www-authenticate", b'Bearer realm="edgefaas"')]
 
 
-class MethodNotAllowed(GatewayError):
-    status = 405
-    code = "method_not_allowed"
+class Forbidden(GatewayError, status=403, code="forbidden"):
+    """Credentials that are not valid here."""
+
+
+class NotFound(GatewayError, status=404, code="not_found"):
+    """No such function, bundle, call or route here."""
+
+
+class MethodNotAllowed(GatewayError, status=405, code="method_not_allowed"):
+    """The path exists, not with this method; ``allowed`` is what the ``Allow`` header lists."""
 
     def __init__(self, message: str, allowed: tuple[str, ...]) -> None:
         super().__init__(message)
         self.allowed = allowed
 
-
-class Conflict(GatewayError):
-    status = 409
-    code = "conflict"
+    def headers(self) -> Headers:
+        return [(b"allow", ", ".join(self.allowed).encode())]
 
 
-class PayloadTooLarge(GatewayError):
-    status = 413
-    code = "payload_too_large"
+class Conflict(GatewayError, status=409, code="conflict"):
+    """The request contradicts the mesh's state (a version, a trigger path, a call id)."""
 
 
-class Unauthorized(GatewayError):
-    status = 401
-    code = "unauthorized"
+class PayloadTooLarge(GatewayError, status=413, code="payload_too_large"):
+    """A body over its limit (read no further than the limit)."""
 
 
-class Forbidden(GatewayError):
-    status = 403
-    code = "forbidden"
+class Unprocessable(GatewayError, status=422, code="bundle_rejected"):
+    """A bundle that fails verification or holds an unsafe archive."""
 
 
-class UsageError(GatewayError):
+class MeshUnavailable(GatewayError, status=503, code="mesh_unavailable"):
+    """The mesh's Redis is unreachable: what needs it cannot be done now."""
+
+
+class UsageError(GatewayError, code="usage"):
     """The command line asks for something that makes no sense (exit code 2)."""
 
-    code = "usage"
 
-
-class StartupFailed(GatewayError):
+class StartupFailed(GatewayError, code="startup_failed"):
     """A node (or a local mesh) could not start; the CLI exits 3."""
 
-    code = "startup_failed"
 
-
-class SettingsError(GatewayError):
+class SettingsError(GatewayError, code="invalid_setting"):
     """A flag or environment variable has a bad value (raised before the node starts)."""
 
-    code = "invalid_setting"
 
-
-def error_response(exc: GatewayError | RuntimeFailure) -> tuple[int, Headers, bytes]:
+def error_response(exc: StatusError) -> tuple[int, Headers, bytes]:
     """Status, headers and JSON body for any gateway or runtime error."""
-    headers: Headers = [(b"content-type", JSON_TYPE)]
-    if isinstance(exc, GatewayError):
-        if isinstance(exc, MethodNotAllowed):
-            headers.append((b"allow", ", ".join(exc.allowed).encode()))
-        if isinstance(exc, Unauthorized):
-            headers.append((b"www-authenticate", b'Bearer realm="edgefaas"'))
-        return exc.status, headers, error_body(exc.code, exc.message)
-    if isinstance(exc, Overloaded):
-        headers.append((b"retry-after", str(exc.retry_after_s).encode()))
-        body = error_body(exc.code, exc.message, reason=exc.reason)
-        return exc.status, headers, body
-    return exc.status, headers, error_body(exc.code, exc.message)
+    headers: Headers = [(b"content-type", JSON_TYPE), *exc.headers()]
+    return exc.status, headers, error_body(exc.code, exc.message, **exc.details())
 
 
 def internal_error_response() -> tuple[int, Headers, bytes]:

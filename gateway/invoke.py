@@ -38,7 +38,10 @@ from runtime.errors import Overloaded, RuntimeFailure, Unavailable
 from runtime.event import build_header_block
 
 if TYPE_CHECKING:
-    from gateway.node import Node
+    from gateway.calllog import CallLog
+    from gateway.mesh.router import Router
+    from gateway.metrics import Metrics
+    from gateway.records.buffer import CallRecords
     from runtime.pool import WarmPool
 
 log = logging.getLogger("edgefaas.gateway")
@@ -64,14 +67,26 @@ class Invoker:
     """Serves one call end to end. The gateway's front door (:class:`gateway.app.Gateway`)
     has already found the function name and the path its handler sees."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.pools = node.supervisor.pools
-        self.metrics = node.metrics
-        self.router = node.router
-        self.max_body = node.settings.max_body_bytes
-        self.call_log = node.call_log
-        self.records = node.recorder.buffer
+    def __init__(
+        self,
+        node_name: str,
+        pools: dict[str, WarmPool],
+        router: Router,
+        records: CallRecords,
+        call_ids: CallIds,
+        *,
+        metrics: Metrics,
+        call_log: CallLog | None,
+        max_body_bytes: int,
+    ) -> None:
+        self.node_name = node_name
+        self.pools = pools  # the supervisor's, updated in place as versions switch
+        self.router = router
+        self.records = records
+        self.call_ids = call_ids
+        self.metrics = metrics
+        self.call_log = call_log
+        self.max_body = max_body_bytes
         self.replays = ReplayGuard()
 
     async def __call__(
@@ -84,7 +99,7 @@ class Invoker:
         methods: tuple[str, ...] | None = None,
     ) -> None:
         """Serve a call to function ``name``; ``methods`` restricts a trigger path's methods."""
-        route = Route(self.node.call_ids.next(), time.perf_counter())
+        route = Route(self.call_ids.next(), time.perf_counter())
         try:
             status, headers, body = await self._serve(scope, receive, name, path, methods, route)
         except Refused as exc:
@@ -174,15 +189,14 @@ class Invoker:
             for key, value in scope["headers"]
             if key.startswith(b"x-edgefaas-")
         }
-        mesh = self.node.mesh
         digest = headers.get(DIGEST_HEADER.decode(), "")
         try:
             verify_request(
-                mesh.mesh_key,
+                self.router.mesh_key,
                 scope["method"],
                 signed_target(_raw_target(scope), digest, call_id),
                 headers,
-                self.node.name,
+                self.node_name,
                 body=body,
             )
             self.replays.check(headers[NONCE_HEADER])

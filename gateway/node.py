@@ -58,8 +58,23 @@ class Node:
         self.metrics.watch_pools(self.supervisor.snapshot)
         self.call_ids = CallIds()
         self.call_log = CallLog() if settings.call_log else None
-        self.recorder = Recorder(self)
-        self.async_calls = AsyncCalls(self)
+        self.recorder = Recorder(
+            self.name,
+            settings.role,
+            settings.records_quota,
+            self.data_dir,
+            self.metrics.registry,
+            self.router.cloud_node,
+        )
+        self.async_calls = AsyncCalls(
+            self.name,
+            self.supervisor.pools,
+            self.recorder.buffer,
+            self.metrics,
+            callback_allow=settings.callback_allow,
+            grace_s=settings.grace_s,
+            cloud=cloud,
+        )
         self.admin_token = ""
         self.started_at = 0.0
         self._mesh: MeshAgent | None = None
@@ -96,7 +111,7 @@ class Node:
         assert redis is not None  # connected (or degraded, retrying) after start
         await self.async_calls.start(redis, self._mesh.redis_url, self.settings.key_prefix)
         self.router.start()
-        await self.recorder.start()
+        await self.recorder.start(redis, self._mesh.keys, self._mesh.mesh_key)
 
     async def now_serving(self) -> None:
         """The server listens: peers may fetch bundles from this node from now on."""

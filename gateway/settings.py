@@ -2,8 +2,8 @@
 
 Each field of :class:`Settings` is one setting: its flag (``--max-body-bytes``), its
 environment variable (``EDGEFAAS_MAX_BODY_BYTES``), type, default, the commands that take it
-and a one-line description. The CLI's options, the environment lookup and the README's
-settings table are all generated from these declarations.
+and a one-line description. The CLI's options, the environment lookup and the settings
+table of docs/operations.md are all generated from these declarations.
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 
 def markdown_table() -> str:
-    """The README's settings table."""
+    """The settings table of docs/operations.md."""
     lines = [
         "| flag | environment | default | commands | meaning |",
         "| --- | --- | --- | --- | --- |",

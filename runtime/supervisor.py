@@ -18,8 +18,9 @@ from typing import Any
 
 from registry.specs import FunctionSpec
 from runtime.defaults import TICK_S
-from runtime.pool import PoolObserver, WarmPool
+from runtime.pool import WarmPool
 from runtime.states import PoolState
+from runtime.workers import PoolObserver
 
 log = logging.getLogger("edgefaas.runtime")
 

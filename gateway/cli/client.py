@@ -19,8 +19,9 @@ from gateway.settings import Settings
 TIMEOUT_S = 60.0
 
 
-class ClientError(GatewayError):
-    code = "client_error"
+class ClientError(GatewayError, code="client_error"):
+    """A client command could not get its answer (no token, the gateway unreachable, a
+    refusal); the message says which."""
 
 
 def admin_token(settings: Settings) -> str:

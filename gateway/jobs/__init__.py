@@ -7,5 +7,11 @@ workers of any node that runs the function, retried, dead-lettered, never lost.
 - :mod:`gateway.jobs.consumer` — one function's consumer on one node;
 - :mod:`gateway.jobs.service` — the node's consumers, leases, reaper and RQ worker records;
 - :mod:`gateway.jobs.accept` — ``/async-function/{name}`` and async triggers;
-- :mod:`gateway.jobs.routes` — the admin routes (call status, cancel, dead letters).
+- :mod:`gateway.jobs.routes` — the admin routes (call status, cancel, dead letters);
+- :mod:`gateway.jobs.callbacks` — ``X-Callback-Url``: the allow-list and the delivery.
+
+May import :mod:`runtime`, :mod:`registry`, the front door's errors, metrics and call path
+(:mod:`gateway.invoke`: async calls pass the same checks) and the records buffer; only
+``routes`` reaches the node (through :mod:`gateway.endpoints`). Used by
+:class:`gateway.node.Node`, the app, and settings (the ``--callback-allow`` check).
 """

@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
@@ -29,8 +29,7 @@ from redis.exceptions import RedisError
 from gateway.jobs import layout
 
 if TYPE_CHECKING:
-    from gateway.jobs.service import AsyncCalls
-    from gateway.jobs.store import Run
+    from gateway.jobs.store import JobStore, Run
     from runtime.pool import WarmPool
 
 log = logging.getLogger("edgefaas.jobs")
@@ -45,10 +44,24 @@ WORKER_TTL_S = 10  # an RQ worker record outlives its last heartbeat by this muc
 RQ_VERSION = version("rq")
 
 
+class Host(Protocol):
+    """What a consumer uses of the node's asynchronous calls
+    (:class:`~gateway.jobs.service.AsyncCalls`)."""
+
+    node_name: str
+    pools: dict[str, WarmPool]
+    stopping: bool  # no more claims
+
+    @property
+    def store(self) -> JobStore: ...
+
+    def execute(self, pool: WarmPool, run: Run, consumer: Consumer) -> None: ...
+
+
 class Consumer:
     """Claims jobs of ``function`` for this node; see the module's docstring."""
 
-    def __init__(self, calls: AsyncCalls, function: str, boot: str, lanes: list[str]) -> None:
+    def __init__(self, calls: Host, function: str, boot: str, lanes: list[str]) -> None:
         self.calls = calls
         self.function = function
         self.lanes = lanes  # the first is the one waited on, and claimed from first

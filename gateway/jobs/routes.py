@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.admin import admin, json_object, node_of
+from gateway.endpoints import admin, json_object, node_of
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.jobs import layout
 from gateway.jobs.accept import JOB_ID
@@ -102,7 +102,7 @@ async def redrive(request: Request) -> Response:
       400: {description: "A bad body."}
     """
     name = request.path_params["name"]
-    body = await json_object(request) if await request.body() else {}
+    body = await json_object(request, optional=True)
     unknown = set(body) - {"call_ids"}
     if unknown:
         raise BadRequest(f"body.{sorted(unknown)[0]}: unknown; expected call_ids")

@@ -46,7 +46,8 @@ from runtime.errors import Overloaded, RuntimeFailure, Unavailable
 from runtime.event import parse_header_block
 
 if TYPE_CHECKING:
-    from gateway.node import Node
+    from gateway.metrics import Metrics
+    from gateway.records.buffer import CallRecords
     from runtime.pool import WarmPool
     from runtime.worker_link import Call
 
@@ -66,16 +67,25 @@ class AsyncCalls:
     """Use as: ``await start(redis_url)`` once the mesh is connected; ``await close()``
     before the mesh's Redis closes (it waits for runs in flight, at most ``grace_s``)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.node_name = node.name
-        self.pools = node.supervisor.pools
-        self.records = node.recorder.buffer
-        self.metrics = node.metrics
-        self.policy = CallbackPolicy(node.settings.callback_allow)
+    def __init__(
+        self,
+        node_name: str,
+        pools: dict[str, WarmPool],
+        records: CallRecords,
+        metrics: Metrics,
+        *,
+        callback_allow: str,
+        grace_s: float,
+        cloud: bool,
+    ) -> None:
+        self.node_name = node_name
+        self.pools = pools  # the supervisor's, updated in place as versions switch
+        self.records = records
+        self.metrics = metrics
+        self.policy = CallbackPolicy(callback_allow)
         self.sender: CallbackSender | None = None
-        self.grace_s = node.settings.grace_s
-        self.cloud = node.settings.role == "cloud"
+        self.grace_s = grace_s
+        self.cloud = cloud
         self.boot = os.urandom(3).hex()
         self.stopping = False  # no more claims
         self.closing = False  # no more rounds or lease renewals

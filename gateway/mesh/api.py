@@ -24,15 +24,15 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.admin import admin, json_object, node_of
 from gateway.auth import check_bearer
+from gateway.endpoints import admin, json_object, node_of, read_limited
 from gateway.errors import (
     BadRequest,
     Conflict,
-    GatewayError,
+    MeshUnavailable,
     NotFound,
-    PayloadTooLarge,
     Unauthorized,
+    Unprocessable,
 )
 from gateway.mesh.agent import MeshAgent
 from registry.defaults import MAX_BUNDLE_BYTES
@@ -49,18 +49,6 @@ from registry.unpack import verify_bundle
 
 SIGNATURE_HEADER = "x-bundle-signature"
 KEY_HEADER = "x-bundle-key"
-
-
-class Unprocessable(GatewayError):
-    """A bundle that fails verification or holds an unsafe archive."""
-
-    status = 422
-    code = "bundle_rejected"
-
-
-class MeshUnavailable(GatewayError):
-    status = 503
-    code = "mesh_unavailable"
 
 
 def _agent(request: Request) -> MeshAgent:
@@ -131,7 +119,7 @@ async def put_bundle(request: Request) -> Response:
     key_id = request.headers.get(KEY_HEADER, "")
     if not signature or not key_id:
         raise BadRequest("upload a bundle with its X-Bundle-Signature and X-Bundle-Key headers")
-    data = await _read_limited(request)
+    data = await read_limited(request, MAX_BUNDLE_BYTES, "bundle")
     held = agent.store.has(digest)
     try:
         if held:  # still check what the uploader sent: it must learn if its bytes are bad
@@ -202,7 +190,7 @@ async def rollback_function(request: Request) -> Response:
       409: {description: "No such version."}
     """
     name = request.path_params["name"]
-    body = await json_object(request) if await request.body() else {}
+    body = await json_object(request, optional=True)
     target = body.get("to")
     if target is not None and (isinstance(target, bool) or not isinstance(target, int)):
         raise BadRequest(f"body.to: expected a version number, got {target!r}")
@@ -229,20 +217,6 @@ def _text(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequest(f"body.{key}: expected a non-empty string")
     return value
-
-
-async def _read_limited(request: Request) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BUNDLE_BYTES:
-        raise PayloadTooLarge(f"bundle of {length} bytes exceeds the {MAX_BUNDLE_BYTES}-byte limit")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BUNDLE_BYTES:
-            raise PayloadTooLarge(f"bundle exceeds the {MAX_BUNDLE_BYTES}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def routes() -> list[Route]:

@@ -70,21 +70,17 @@ class NotRun(Exception):
         self.retry_after_s = retry_after_s
 
 
-class UpstreamFailed(GatewayError):
+class UpstreamFailed(GatewayError, status=502, code="upstream_failed"):
     """The target failed during the call; ``broken`` when the connection did (the target
     may be down), not when its answer was unusable."""
-
-    status = 502
-    code = "upstream_failed"
 
     def __init__(self, message: str, broken: bool = True) -> None:
         super().__init__(message)
         self.broken = broken
 
 
-class UpstreamTimedOut(GatewayError):
-    status = 504
-    code = "upstream_timeout"
+class UpstreamTimedOut(GatewayError, status=504, code="upstream_timeout"):
+    """The target did not answer within the call's deadline."""
 
 
 @dataclass(frozen=True, slots=True)

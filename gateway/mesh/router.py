@@ -41,7 +41,7 @@ from gateway.mesh.forward import (
     UpstreamTimedOut,
     forward_headers,
 )
-from gateway.mesh.peers import REFRESH_S, PeerView
+from gateway.mesh.peers import REFRESH_S, Member, PeerView
 from gateway.metrics import Metrics
 from registry.meshauth import sign_call
 from runtime.admission import Admission, Verdict
@@ -317,12 +317,16 @@ class Router:
 
     # ------------------------------------------------------------------ the cloud
 
+    def cloud_node(self) -> Member | None:
+        """The mesh's cloud node this node spills to (and ships its records to), if live."""
+        return self.view.cloud(self.cloud_url)
+
     def _cloud(self, pool: WarmPool) -> tuple[str, str | None] | None:
         """Where this function's calls may go in the cloud: the URL, and the node's name
         when the cloud is an edgefaas node of the mesh (it must run the same digest)."""
         if "cloud" not in pool.spec.spill.to or self.role == "cloud":
             return None
-        member = self.view.cloud(self.cloud_url)
+        member = self.cloud_node()
         if member is not None:
             return (member.url, member.name) if member.runs(pool.name, pool.digest) else None
         if self.cloud_url and pool.spec.spill.cloud_compatible:

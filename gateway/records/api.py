@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.admin import admin, node_of
-from gateway.errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized
+from gateway.endpoints import admin, node_of, read_limited
+from gateway.errors import BadRequest, NotFound, Unauthorized
 from gateway.records.buffer import check_batch
 from gateway.records.store import MAX_LIMIT, RecordStore
 from registry.errors import MeshAuthError
@@ -55,7 +55,7 @@ async def receive_records(request: Request) -> Response:
       413: {description: "Larger than the batch limit."}
     """
     store = _store(request)
-    body = await _read_limited(request)
+    body = await read_limited(request, MAX_BATCH_BYTES, "a batch")
     sender = _verify(request, body)
     records = check_batch(body, sender)
     new = await asyncio.to_thread(store.add, records)
@@ -133,20 +133,6 @@ def _time(value: str, name: str) -> float:
     if not 0 <= number <= MAX_NUMBER:  # also refuses nan
         raise BadRequest(f"?{name}: expected a Unix time ≥ 0, got {value!r:.40}")
     return number
-
-
-async def _read_limited(request: Request) -> bytes:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BATCH_BYTES:
-        raise PayloadTooLarge(f"a batch of {length} bytes exceeds the {MAX_BATCH_BYTES}-byte limit")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BATCH_BYTES:
-            raise PayloadTooLarge(f"a batch exceeds the {MAX_BATCH_BYTES}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def routes() -> list[Route]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import StartupFailed
@@ -20,28 +22,40 @@ from gateway.records.buffer import CallRecords
 from gateway.records.shipper import RecordShipper
 from gateway.records.store import RecordStore
 from gateway.records.stream import RecordStream
+from registry.keys import Keys
 from registry.meshauth import ReplayGuard
 
-if TYPE_CHECKING:
-    from gateway.node import Node
+CloudFinder = Callable[[], Member | None]
 
 
 class Recorder:
-    """Opened by the node after its mesh agent, closed before it."""
+    """Opened by the node after its mesh agent, closed before it. ``find_cloud`` names the
+    cloud node records are shipped to (None while there is none); ``metrics`` is the
+    registry its counts are scraped from."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.cloud = node.settings.role == "cloud"
-        self.buffer = CallRecords(node.name, node.settings.records_quota)
-        self.store = RecordStore(node.data_dir, node.name) if self.cloud else None
+    def __init__(
+        self,
+        node_name: str,
+        role: str,
+        quota: int,
+        data_dir: Path,
+        metrics: CollectorRegistry,
+        find_cloud: CloudFinder,
+    ) -> None:
+        self.node_name = node_name
+        self.role = role
+        self.cloud = role == "cloud"
+        self.buffer = CallRecords(node_name, quota)
+        self.store = RecordStore(data_dir, node_name) if self.cloud else None
         self.stream: RecordStream | None = None
         self.shipper: RecordShipper | None = None
         self.nonces = ReplayGuard()  # of the batches received (a cloud node)
-        node.metrics.registry.register(RecordsCollector(self))
+        self._cloud = find_cloud
+        metrics.register(RecordsCollector(self))
 
-    async def start(self) -> None:
-        """Open the store (a cloud node) or the stream and the shipper (an edge node).
-        Raises :class:`StartupFailed` if the store cannot be opened."""
+    async def start(self, redis: Redis, keys: Keys, mesh_key: bytes) -> None:
+        """Open the store (a cloud node) or, on the mesh's Redis, the stream and the
+        shipper (an edge node). Raises :class:`StartupFailed` if the store cannot be opened."""
         if self.store is not None:
             try:
                 await asyncio.to_thread(self.store.open)
@@ -51,13 +65,9 @@ class Recorder:
                 ) from exc
             self.buffer.start(self.store)
             return
-        mesh = self.node.mesh
-        if mesh.redis is None:
-            raise StartupFailed("call records: the mesh agent is not started")
-        quota = self.buffer.quota
-        self.stream = RecordStream(mesh.redis, mesh.keys, self.node.name, quota)
+        self.stream = RecordStream(redis, keys, self.node_name, self.buffer.quota)
         self.buffer.start(self.stream)
-        self.shipper = RecordShipper(self.stream, self.node.name, mesh.mesh_key, self._cloud)
+        self.shipper = RecordShipper(self.stream, self.node_name, mesh_key, self._cloud)
         self.shipper.start()
 
     async def close(self) -> None:
@@ -78,8 +88,8 @@ class Recorder:
     async def status(self) -> dict[str, Any]:
         buffer = self.buffer
         status: dict[str, Any] = {
-            "node": self.node.name,
-            "role": self.node.settings.role,
+            "node": self.node_name,
+            "role": self.role,
             "quota": buffer.quota,
             "in_memory": buffer.pending,
             "written": buffer.written,
@@ -102,10 +112,6 @@ class Recorder:
             "ship_error": (self.shipper.last_error or None) if self.shipper else None,
         }
         return status
-
-    def _cloud(self) -> Member | None:
-        router = self.node.router
-        return router.view.cloud(router.cloud_url)
 
 
 class RecordsCollector(Collector):

@@ -251,5 +251,5 @@ def test_markdown_table_rows() -> None:
     ) in lines
 
 
-def test_readme_holds_the_settings_table() -> None:
+def test_operations_doc_holds_the_settings_table() -> None:
     assert markdown_table() in OPERATIONS_DOC.read_text()

@@ -12,8 +12,6 @@ from __future__ import annotations
 from runtime.errors import Headers, StatusError
 from runtime.responses import JSON_TYPE, error_body
 
-__all__ = ["Headers"]
-
 
 class GatewayError(StatusError, status=400, code="bad_request"):
     """Base class: a request the gateway refuses, with its status and error code."""

@@ -22,7 +22,6 @@ from gateway.errors import (
     BadRequest,
     Conflict,
     GatewayError,
-    Headers,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -34,7 +33,7 @@ from gateway.mesh.forward import DIGEST_HEADER, HOP_HEADER, REFUSED_HEADER
 from gateway.mesh.router import Outgoing, signed_target
 from registry.errors import MeshAuthError
 from registry.meshauth import NONCE_HEADER, ReplayGuard, verify_request
-from runtime.errors import Overloaded, RuntimeFailure, Unavailable
+from runtime.errors import Headers, Overloaded, RuntimeFailure, Unavailable
 from runtime.event import build_header_block
 
 if TYPE_CHECKING:

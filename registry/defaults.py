@@ -29,6 +29,16 @@ ASYNC_BACKOFF_S = (1.0, 10.0, 60.0)  # wait before retry 1, 2, 3...; the last re
 ASYNC_MAX_AGE_S = 21600.0  # 6 h from acceptance; older calls become dead letters
 ASYNC_MAX_AGE_LIMIT_S = 7 * 24 * 3600  # the longest max_age_s (and backoff) allowed
 
+# Sandboxes: what a function's lean container allows it (registry.sandboxspec).
+SANDBOX_NETWORK = "host"  # or "none": a network namespace with only loopback
+SANDBOX_TMP_MB = 64  # its private /tmp
+SANDBOX_MAX_TMP_MB = 65536
+SANDBOX_CPU = 1.0  # cores, for all its workers together
+SANDBOX_MAX_CPU = 1024.0
+SANDBOX_PIDS = 128  # processes and threads of its zygote, workers and their children
+SANDBOX_MIN_PIDS = 8
+SANDBOX_MAX_PIDS = 65536
+
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DEFAULT_TRIGGER_METHODS = ("POST",)
 

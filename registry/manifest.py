@@ -6,7 +6,8 @@ that every error can name the key path and the line that caused it::
     functions.yaml: functions.motion.pool.max: expected an integer ≥ min (1), got "lots" (line 14)
 
 Settings resolve in three layers: the function's own keys, then the ``defaults:`` block, then
-:mod:`registry.defaults`. ``pool``, ``spill``, ``async`` and ``env`` merge key by key. Relative
+:mod:`registry.defaults`. ``pool``, ``spill``, ``async``, ``sandbox`` and ``env`` merge key
+by key. Relative
 paths resolve against the manifest's folder and may not leave it. Every problem raises
 :class:`ManifestError`.
 """
@@ -25,6 +26,7 @@ from typing import NamedTuple
 from registry import defaults
 from registry.asyncspec import ASYNC_KEYS, async_fault
 from registry.errors import ManifestError
+from registry.sandboxspec import SANDBOX_KEYS, SandboxSpec, sandbox_fault
 from registry.specs import (
     SPILL_KEYS,
     AsyncSpec,
@@ -40,7 +42,7 @@ from registry.specs import (
 from registry.yamltree import YamlTree, join_path, show_value
 
 _TOP_KEYS = ("version", "defaults", "functions")
-_DEFAULT_KEYS = ("pool", "spill", "async", "timeout_s", "memory_mb", "env")
+_DEFAULT_KEYS = ("pool", "spill", "async", "sandbox", "timeout_s", "memory_mb", "env")
 _FUNCTION_ONLY_KEYS = ("handler", "triggers", "files", "batch")
 _FUNCTION_KEYS = ("handler", "triggers", *_DEFAULT_KEYS, "files", "batch")
 _POOL_KEYS = ("min", "max", "concurrency", "queue_max", "max_queue_wait_ms", "idle_timeout_s")
@@ -48,6 +50,7 @@ _GROUPS = {
     "pool": _POOL_KEYS,
     "spill": SPILL_KEYS,
     "async": ASYNC_KEYS,
+    "sandbox": SANDBOX_KEYS,
 }  # settings that merge key by key
 _MAX_CONCURRENCY = 1000
 
@@ -71,6 +74,10 @@ _BUILTIN_SETTINGS: dict[str, object] = {
     "async.retries": defaults.ASYNC_RETRIES,
     "async.backoff_s": list(defaults.ASYNC_BACKOFF_S),
     "async.max_age_s": defaults.ASYNC_MAX_AGE_S,
+    "sandbox.network": defaults.SANDBOX_NETWORK,
+    "sandbox.tmp_mb": defaults.SANDBOX_TMP_MB,
+    "sandbox.cpu": defaults.SANDBOX_CPU,
+    "sandbox.pids": defaults.SANDBOX_PIDS,
 }
 
 
@@ -176,6 +183,7 @@ class _Checker:
         self.check_keys(block, "defaults", _DEFAULT_KEYS)
         layer = self.overlay(self.builtin_layer(), block, "defaults")
         self.settings(layer)  # report bad defaults even where every function overrides them
+        self.sandbox(layer.given)
         return layer
 
     def function(self, name: str, value: object, base: _Layer) -> FunctionSpec:
@@ -204,6 +212,7 @@ class _Checker:
             spill=spill,
             async_policy=async_policy,
             batch=batch,
+            sandbox=self.sandbox(layer.given),
         )
 
     def batch(self, value: object, path: str) -> BatchSpec:
@@ -305,6 +314,15 @@ class _Checker:
             if fault is not None:
                 raise self.invalid(f"{item.path}{fault.at}", fault.expected, fault.value)
         return AsyncSpec.from_dict({key: given[f"async.{key}"].value for key in ASYNC_KEYS})
+
+    def sandbox(self, given: dict[str, _Given]) -> SandboxSpec:
+        """The sandbox settings; their rules live in :mod:`registry.sandboxspec`."""
+        for key in SANDBOX_KEYS:
+            item = given[f"sandbox.{key}"]
+            fault = sandbox_fault(key, item.value)
+            if fault is not None:
+                raise self.invalid(f"{item.path}{fault.at}", fault.expected, fault.value)
+        return SandboxSpec.from_dict({key: given[f"sandbox.{key}"].value for key in SANDBOX_KEYS})
 
     def env(self, value: object, path: str) -> dict[str, str]:
         env: dict[str, str] = {}

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from registry import defaults
 from registry.asyncspec import ASYNC_KEYS, async_fault
+from registry.sandboxspec import SandboxSpec
 
 HandlerKind = Literal["file", "module", "pickle"]
 SPILL_KEYS = ("to", "max_local_wait_ms", "cloud_compatible")  # the fields of SpillSpec
@@ -259,6 +260,7 @@ class FunctionSpec:
     spill: SpillSpec = field(default_factory=SpillSpec)
     async_policy: AsyncSpec = field(default_factory=AsyncSpec)  # "async" in documents
     batch: BatchSpec | None = None  # calls go to handle_batch when set
+    sandbox: SandboxSpec = field(default_factory=SandboxSpec)
 
     def to_dict(self) -> dict[str, Any]:
         document = {
@@ -284,6 +286,7 @@ class FunctionSpec:
             "files": [str(p) for p in self.files],
             "spill": self.spill.to_dict(),
             "async": self.async_policy.to_dict(),
+            "sandbox": self.sandbox.to_dict(),
         }
         if self.batch is not None:
             document["batch"] = self.batch.to_dict()
@@ -291,9 +294,9 @@ class FunctionSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FunctionSpec:
-        """The spec :meth:`to_dict` wrote. A missing ``spill`` or ``async`` (a bundle built
-        before spill-over or async calls existed) means the defaults, as does a trigger
-        without ``async``; bad values raise ValueError or TypeError."""
+        """The spec :meth:`to_dict` wrote. A missing ``spill``, ``async`` or ``sandbox`` (a
+        bundle built before spill-over, async calls or sandboxes existed) means the defaults,
+        as does a trigger without ``async``; bad values raise ValueError or TypeError."""
         handler = data["handler"]
         pool = data["pool"]
         return cls(
@@ -316,6 +319,9 @@ class FunctionSpec:
             spill=SpillSpec.from_dict(data["spill"]) if "spill" in data else SpillSpec(),
             async_policy=AsyncSpec.from_dict(data["async"]) if "async" in data else AsyncSpec(),
             batch=BatchSpec.from_dict(data["batch"]) if data.get("batch") is not None else None,
+            sandbox=(
+                SandboxSpec.from_dict(data["sandbox"]) if "sandbox" in data else SandboxSpec()
+            ),
         )
 
 

@@ -1,4 +1,5 @@
-"""Warm worker pools: zygotes, workers, the wire protocol and the node's supervisor.
+"""Warm worker pools: zygotes, workers, the wire protocol, the node's supervisor and the
+functions' sandboxes (:mod:`runtime.sandbox`). Imports nothing from :mod:`gateway`.
 
 Function code imports only what it needs from here::
 

@@ -5,8 +5,10 @@ number, field count — then one ``u32`` length per field, then the fields back 
 field is parsed until someone asks for it, and encoding a frame is one ``struct.pack`` and one
 ``join``. Numbers travel as ASCII digits in their own field.
 
-Frames from the gateway to a worker: ``CALL``. From a worker: ``READY`` once after ``init``,
-``INIT_FAILED`` instead if ``init`` raised, then one ``RESULT`` per ``CALL`` (same ``seq``).
+Frames from the gateway to a worker: ``START`` once, first, for a sandboxed worker (the node
+has put it in its cgroup: only then may ``init`` allocate), then ``CALL``. From a worker:
+``READY`` once after ``init``, ``INIT_FAILED`` instead if ``init`` raised, then one ``RESULT``
+per ``CALL`` (same ``seq``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Kind(IntEnum):
     RESULT = 2
     READY = 3
     INIT_FAILED = 4
+    START = 5
 
 
 class Outcome(IntEnum):

@@ -34,6 +34,7 @@ from runtime.protocol import (
     CALL_METHOD,
     CALL_PATH,
     CALL_QUERY,
+    HEADER,
     MAX_FRAME_BYTES,
     Frame,
     FrameDecoder,
@@ -55,13 +56,21 @@ class SoftTimeout(BaseException):
 
 
 def run(
-    sock: socket.socket, spec: FunctionSpec, loaded: LoadedFunction, zygote_pid: int
+    sock: socket.socket,
+    spec: FunctionSpec,
+    loaded: LoadedFunction,
+    zygote_pid: int,
+    placed: bool = False,
 ) -> NoReturn:
-    """Entry point in the freshly forked child. Never returns."""
+    """Entry point in the freshly forked child. Never returns. ``placed``: the node puts the
+    worker in a cgroup of its own (which limits its memory) and says START when it has."""
     code = exits.EXIT_PROTOCOL
     try:
         die_with_parent(zygote_pid)
-        _limit_memory(spec.memory_mb)
+        if placed:
+            _await_start(sock)
+        else:
+            _limit_memory(spec.memory_mb)
         context = Context(
             function=spec.name,
             root=spec.root,
@@ -95,6 +104,15 @@ def run(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _await_start(sock: socket.socket) -> None:
+    """Wait for the node's START (a frame with no fields); read nothing beyond it."""
+    data = sock.recv(HEADER.size, socket.MSG_WAITALL)
+    if not data:
+        raise BrokenPipeError("the node closed the worker's socket before START")
+    if data != encode(Kind.START, 0, []):
+        raise ProtocolError(f"expected START from the node before init, got {data!r}")
 
 
 def _limit_memory(memory_mb: int) -> None:

@@ -1,8 +1,9 @@
 """The gateway's end of one worker's socket, and the :class:`Call` objects sent through it.
 
 A :class:`WorkerLink` is an asyncio protocol: it writes CALL frames, reads READY / RESULT
-frames, and tells its pool (a :class:`WorkerOwner`) about each. It holds the calls in flight
-on its worker, keyed by sequence number.
+frames, and tells its owner (a :class:`WorkerOwner`, its pool's
+:class:`~runtime.workers.WorkerSet`) about each. It holds the calls in flight on its worker,
+keyed by sequence number.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Call:
 
 
 class WorkerOwner(Protocol):
-    """What a link reports to (its pool)."""
+    """What a link reports to (its pool's :class:`~runtime.workers.WorkerSet`)."""
 
     def on_worker_ready(self, link: WorkerLink) -> None: ...
 

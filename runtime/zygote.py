@@ -5,13 +5,20 @@ Run as ``python -m runtime.zygote CONTROL_FD GATEWAY_PID``. The control socket i
 ``SOCK_SEQPACKET`` Unix socket carrying one JSON message per packet:
 
 gateway → zygote
-    ``{"cmd": "load", "spec": {...}}`` first, then ``{"cmd": "spawn", "token": n}`` with the
-    worker's end of a fresh socket pair attached (``SCM_RIGHTS``), or ``{"cmd": "stop"}``.
+    ``{"cmd": "load", "spec": {...}, "sandbox": {...} | null}`` first, then
+    ``{"cmd": "spawn", "token": n}`` with the worker's end of a fresh socket pair attached
+    (``SCM_RIGHTS``), or ``{"cmd": "stop"}``.
 zygote → gateway
     ``{"event": "loaded", "is_async": bool, "vm_mib": n}`` or
     ``{"event": "load_failed", "message": str, "trace": str}``;
-    ``{"event": "spawned", "token": n, "pid": p}``; ``{"event": "exited", "pid": p,
-    "status": wait_status}`` for every worker that ends.
+    ``{"event": "spawned", "token": n, "pid": p}`` (in a sandbox, with a pidfd of the worker
+    attached: ``p`` is its pid in the sandbox's namespace, the pidfd tells the node its
+    own); ``{"event": "exited", "pid": p, "status": wait_status}`` for every worker that ends.
+
+With a sandbox plan, the zygote first builds its sandbox around itself
+(:func:`runtime.sandbox.steps.enter`): the process the gateway started stays outside as its
+keeper, and the zygote proper — PID 1 of its own namespace, as the function's uid — imports
+the handler and forks every worker inside.
 
 The zygote and its workers ignore SIGINT and SIGTERM (a Ctrl-C in the terminal, or a
 service manager signalling the whole group, is for the gateway: it drains, then stops them).
@@ -38,6 +45,8 @@ from runtime import exits, worker
 from runtime.defaults import CONTROL_PACKET_BYTES, STOP_TIMEOUT_S
 from runtime.lifeline import become_subreaper, die_with_parent
 from runtime.loader import LoadedFunction, LoadError, load_function
+from runtime.sandbox import steps
+from runtime.sandbox.plan import SandboxPlan
 
 # Address space the runtime needs on top of what the loaded module maps, for a worker to run.
 WORKER_HEADROOM_MIB = 16
@@ -49,6 +58,7 @@ class Zygote:
     def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.children: set[int] = set()
+        self.plan: SandboxPlan | None = None
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
 
@@ -60,7 +70,15 @@ class Zygote:
         packet = self.control.recv(CONTROL_PACKET_BYTES)
         if not packet:
             return None
-        spec = FunctionSpec.from_dict(json.loads(packet)["spec"])
+        message = json.loads(packet)
+        spec = FunctionSpec.from_dict(message["spec"])
+        if message.get("sandbox") is not None:
+            self.plan = SandboxPlan.from_dict(message["sandbox"])
+            try:
+                steps.enter(self.plan, self.control.close)
+            except steps.SandboxFailed as exc:
+                self.send({"event": "load_failed", "message": str(exc), "trace": ""})
+                return None
         os.environ.update(spec.env)
         os.chdir(spec.root)
         try:
@@ -68,12 +86,14 @@ class Zygote:
         except LoadError as exc:
             self.send({"event": "load_failed", "message": exc.message, "trace": exc.trace})
             return None
-        vm_mib = _address_space_mib()
+        by_cgroup = self.plan is not None and self.plan.await_start
+        vm_mib = _memory_mib("VmRSS:" if by_cgroup else "VmSize:")
         if vm_mib + WORKER_HEADROOM_MIB > spec.memory_mb:
             need = vm_mib + WORKER_HEADROOM_MIB
+            what = "memory" if by_cgroup else "address space"
             message = (
-                f"memory_mb={spec.memory_mb} is below the {vm_mib} MiB of address space "
-                f"the loaded function already maps; raise memory_mb to at least {need}"
+                f"memory_mb={spec.memory_mb} is below the {vm_mib} MiB of {what} "
+                f"the loaded function already uses; raise memory_mb to at least {need}"
             )
             self.send({"event": "load_failed", "message": message, "trace": ""})
             return None
@@ -114,10 +134,19 @@ class Zygote:
         pid = os.fork()
         if pid == 0:
             self._become_worker()
-            worker.run(socket.socket(fileno=fd), spec, loaded, parent)
+            by_cgroup = self.plan is not None and self.plan.await_start
+            worker.run(socket.socket(fileno=fd), spec, loaded, parent, placed=by_cgroup)
         os.close(fd)
         self.children.add(pid)
-        self.send({"event": "spawned", "token": token, "pid": pid})
+        message = json.dumps({"event": "spawned", "token": token, "pid": pid}).encode()
+        if self.plan is None:
+            self.control.send(message)
+            return
+        pidfd = os.pidfd_open(pid)  # the node learns the worker's pid in its own namespace
+        try:
+            socket.send_fds(self.control, [message], [pidfd])
+        finally:
+            os.close(pidfd)
 
     def _become_worker(self) -> None:
         signal.set_wakeup_fd(-1)
@@ -176,10 +205,12 @@ def _ignore_signal(signum: int, frame: FrameType | None) -> None:
     handler rather than SIG_IGN, so that programs a function starts get the default back."""
 
 
-def _address_space_mib() -> int:
+def _memory_mib(field: str) -> int:
+    """``VmSize:`` (address space, what RLIMIT_AS limits) or ``VmRSS:`` (resident memory,
+    what a cgroup limits) of this process, in MiB."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("VmSize:"):
+            if line.startswith(field):
                 return int(line.split()[1]) // 1024
     return 0
 

@@ -56,7 +56,7 @@ async def standing_pool(
     pool.concurrency = pool.dispatch.concurrency = function.pool.concurrency
     pool.stats.service_s = service_s
     for token in range(1, workers + 1):
-        link = WorkerLink(pool, token)
+        link = WorkerLink(pool.worker_set, token)
         link.set_phase(WorkerPhase.SERVING)
         pool.workers[token] = link
         pool.dispatch.release(link)

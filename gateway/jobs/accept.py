@@ -22,7 +22,6 @@ from gateway.errors import (
     BadRequest,
     Conflict,
     GatewayError,
-    Headers,
     NotFound,
     PayloadTooLarge,
     error_response,
@@ -32,7 +31,7 @@ from gateway.invoke import ClientGone, check_target
 from gateway.jobs.callbacks import MAX_URL_CHARS
 from gateway.jobs.intake import NewCall
 from gateway.jobs.layout import shown_status
-from runtime.errors import Unavailable
+from runtime.errors import Headers, Unavailable
 from runtime.event import build_header_block
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from gateway.errors import GatewayError, Headers
+from gateway.errors import GatewayError
+from runtime.errors import Headers
 
 REFUSED_HEADER = b"x-edgefaas-refused"
 HOP_HEADER = b"x-edgefaas-hop"

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import httpx
 
-from gateway.errors import Headers
 from gateway.mesh.breaker import CircuitBreaker
 from gateway.mesh.forward import (
     DIGEST_HEADER,
@@ -46,7 +45,7 @@ from gateway.metrics import Metrics
 from registry.meshauth import sign_call
 from runtime.admission import Admission, Verdict
 from runtime.defaults import KILL_GRACE_S
-from runtime.errors import Overloaded, RuntimeFailure
+from runtime.errors import Headers, Overloaded, RuntimeFailure
 from runtime.pool import WarmPool
 
 log = logging.getLogger("edgefaas.gateway")
@@ -335,7 +334,7 @@ class Router:
 
     def _no_cloud(self) -> str:
         """Why no cloud takes this call (when none is down)."""
-        member = self.view.cloud(self.cloud_url)
+        member = self.cloud_node()
         if member is not None:
             return f"the cloud node {member.name} does not run this version"
         if self.cloud_url:

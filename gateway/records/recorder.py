@@ -30,8 +30,8 @@ CloudFinder = Callable[[], Member | None]
 
 class Recorder:
     """Opened by the node after its mesh agent, closed before it. ``find_cloud`` names the
-    cloud node records are shipped to (None while there is none); ``metrics`` is the
-    registry its counts are scraped from."""
+    cloud node records are shipped to (None while there is none); ``registry`` is the
+    metrics registry its counts are scraped from."""
 
     def __init__(
         self,
@@ -39,7 +39,7 @@ class Recorder:
         role: str,
         quota: int,
         data_dir: Path,
-        metrics: CollectorRegistry,
+        registry: CollectorRegistry,
         find_cloud: CloudFinder,
     ) -> None:
         self.node_name = node_name
@@ -51,7 +51,7 @@ class Recorder:
         self.shipper: RecordShipper | None = None
         self.nonces = ReplayGuard()  # of the batches received (a cloud node)
         self._cloud = find_cloud
-        metrics.register(RecordsCollector(self))
+        registry.register(RecordsCollector(self))
 
     async def start(self, redis: Redis, keys: Keys, mesh_key: bytes) -> None:
         """Open the store (a cloud node) or, on the mesh's Redis, the stream and the

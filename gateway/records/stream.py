@@ -1,13 +1,13 @@
 """An edge node's call records in Redis, waiting for the cloud node.
 
 ``P:records:NODE`` is a stream with one entry per chunk of records (a flush writes at most
-``records.CHUNK`` records to an entry, with one XADD), with the fields
+:data:`gateway.records.buffer.CHUNK` records to an entry, with one XADD), with the fields
 
 ====  =====================================================================================
 v     the format version, ``1``
 n     how many records the entry holds
-r     the records: a compact JSON array of arrays, each in ``records.ROW_FIELDS`` order
-      (the node is the stream's)
+r     the records: a compact JSON array of arrays, each in the order of
+      :data:`gateway.records.buffer.ROW_FIELDS` (the node is the stream's)
 ====  =====================================================================================
 
 (An entry with a single field ``r``, one record as a JSON object, is read as the record it

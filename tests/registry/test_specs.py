@@ -53,10 +53,11 @@ def test_spill_defaults_come_from_registry_defaults() -> None:
 
 
 def test_fields_added_later_come_last_so_positional_construction_still_works() -> None:
-    assert [f.name for f in dataclasses.fields(FunctionSpec)[-3:]] == [
+    assert [f.name for f in dataclasses.fields(FunctionSpec)[-4:]] == [
         "spill",
         "async_policy",
         "batch",
+        "sandbox",
     ]
     assert [f.name for f in dataclasses.fields(HttpTrigger)] == ["path", "methods", "is_async"]
 

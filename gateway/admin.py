@@ -114,7 +114,12 @@ async def readyz(request: Request) -> Response:
     node = node_of(request)
     pools = {p["name"]: p["state"] for p in node.supervisor.snapshot()}
     ready = node.supervisor.ready()
-    body = {"ready": ready, "functions": pools, "mesh": node.mesh.status()}
+    body = {
+        "ready": ready,
+        "functions": pools,
+        "mesh": node.mesh.status(),
+        "sandbox": node.sandboxes.status(),
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -3,8 +3,10 @@
 OpenFaaS-compatible names where OpenFaaS has the same thing
 (``gateway_function_invocation_total{function_name,code}``, ``gateway_functions_seconds``,
 ``gateway_service_count``), plus pool gauges read at scrape time, histograms of worker
-spawn and cold-start times, and where calls were served (``edgefaas_invocations_total``,
-``edgefaas_forward_added_seconds``).
+spawn and cold-start times, where calls were served (``edgefaas_invocations_total``,
+``edgefaas_forward_added_seconds``), and what each sandboxed function uses, from its cgroups
+(``edgefaas_function_memory_bytes``, ``..._cpu_seconds_total``, ``..._oom_kills_total``,
+``..._cpu_throttled_seconds_total``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from runtime.sandbox.sandboxes import Usage
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -36,6 +40,41 @@ LATENCY_BUCKETS = (
 SPAWN_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 Snapshot = Callable[[], list[dict[str, Any]]]
+UsageByFunction = Callable[[], dict[str, Usage]]
+
+
+class SandboxCollector(Collector):
+    """Each sandboxed function's use of memory and CPU, read from its cgroups at scrape."""
+
+    def __init__(self, usage: UsageByFunction) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["function"]
+        memory = GaugeMetricFamily(
+            "edgefaas_function_memory_bytes",
+            "Memory of the function's zygote and workers (its cgroups), with its /tmp.",
+            labels=labels,
+        )
+        cpu = CounterMetricFamily(
+            "edgefaas_function_cpu_seconds", "CPU time of the function's processes.", labels=labels
+        )
+        throttled = CounterMetricFamily(
+            "edgefaas_function_cpu_throttled_seconds",
+            "Time the function's processes were held back by its sandbox.cpu quota.",
+            labels=labels,
+        )
+        oom = CounterMetricFamily(
+            "edgefaas_function_oom_kills",
+            "Workers the kernel killed for going over memory_mb.",
+            labels=labels,
+        )
+        for function, usage in sorted(self._usage().items()):
+            memory.add_metric([function], usage.memory_bytes)
+            cpu.add_metric([function], usage.cpu_seconds)
+            throttled.add_metric([function], usage.throttled_seconds)
+            oom.add_metric([function], usage.oom_kills)
+        yield from (memory, cpu, throttled, oom)
 
 
 class PoolCollector(Collector):
@@ -146,6 +185,9 @@ class Metrics:
 
     def watch_pools(self, snapshot: Snapshot) -> None:
         self.registry.register(PoolCollector(snapshot))
+
+    def watch_sandboxes(self, usage: UsageByFunction) -> None:
+        self.registry.register(SandboxCollector(usage))
 
     def observe_call(self, function: str, status: int, seconds: float) -> None:
         children = self._children.get((function, status))

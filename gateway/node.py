@@ -28,6 +28,7 @@ from gateway.settings import Settings
 from registry.redis_server import mask_password
 from registry.signing import TrustedKeys
 from registry.specs import Manifest
+from runtime.sandbox.sandboxes import Sandboxes
 from runtime.supervisor import Supervisor
 
 log = logging.getLogger("edgefaas.gateway")
@@ -44,8 +45,16 @@ class Node:
         self.url = settings.advertise or _own_url(settings.host, settings.port)
         self.metrics = Metrics()
         cloud = settings.role == "cloud"
+        self.sandboxes = Sandboxes(
+            settings.sandbox,
+            self.name,
+            self.data_dir / "sandbox-root",
+            settings.sandbox_uid_base,
+        )
         self.supervisor = Supervisor(
-            observer=self.metrics, pool_factor=settings.cloud_pool_factor if cloud else 1
+            observer=self.metrics,
+            pool_factor=settings.cloud_pool_factor if cloud else 1,
+            sandboxes=self.sandboxes,
         )
         self.router = Router(
             self.name,
@@ -56,6 +65,7 @@ class Node:
             cloud_timeout_s=settings.cloud_timeout_s,
         )
         self.metrics.watch_pools(self.supervisor.snapshot)
+        self.metrics.watch_sandboxes(self.sandboxes.usage_by_function)
         self.call_ids = CallIds()
         self.call_log = CallLog() if settings.call_log else None
         self.recorder = Recorder(
@@ -101,6 +111,12 @@ class Node:
         self._open = True
         self.started_at = time.time()
         self.admin_token = self._admin_token()
+        warning = self.sandboxes.warning()
+        if warning is not None:
+            log.warning("%s (--sandbox %s)", warning, self.settings.sandbox)
+        elif self.sandboxes.active:
+            cgroups = self.sandboxes.status()["cgroups"]
+            log.info("sandboxes: on (cgroup %s, uids from %d)", cgroups, self.sandboxes.uid_base)
         if self.call_log is not None:
             self.call_log.start()
         await self.supervisor.start()
@@ -128,6 +144,7 @@ class Node:
             await self.router.view.close()  # it reads the mesh's Redis
             await self._mesh.close()
         await self.supervisor.close(force=force)
+        self.sandboxes.close()
         await self.router.close()
         if self.call_log is not None:
             await self.call_log.close()
@@ -145,6 +162,7 @@ class Node:
             "capacity": {"cpus": os.cpu_count() or 1},
             "functions": mesh.reconciler.status() if mesh else {},
             "degraded": bool(mesh and mesh.degraded_since is not None),
+            "sandbox": self.sandboxes.status(),
             "serving": self.serving,
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
@@ -162,6 +180,7 @@ class Node:
             "signing_key_id": mesh.signing_key.key_id if mesh else None,
             "trusted_key_ids": mesh.trusted.key_ids if mesh else [],
             "functions": len(self.supervisor.pools),
+            "sandbox": self.sandboxes.status(),
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
         }
 

@@ -112,6 +112,15 @@ class Settings:
         UP,
     )
     grace_s: float = setting(30.0, "on SIGTERM, how long in-flight calls may finish", UP)
+    sandbox: str = setting(
+        "auto",
+        "auto, strict or off: each function in a sandbox of its own (auto: when the node "
+        "can, else a warning; strict: a function that cannot be sandboxed does not start)",
+        UP,
+    )
+    sandbox_uid_base: int = setting(
+        200_000, "first of the 100000 uids (and gids) the node gives its functions", UP
+    )
     log_level: str = setting("info", "debug, info, warning or error", UP)
     call_log: bool = setting(True, "log one line per call", UP)
     gateway: str = setting("http://127.0.0.1:8080", "gateway the client commands talk to", CLIENT)
@@ -244,6 +253,11 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "expected debug, info, warning or error",
     ),
     "role": (lambda v: v in ("edge", "cloud"), "expected edge or cloud"),
+    "sandbox": (lambda v: v in ("auto", "strict", "off"), "expected auto, strict or off"),
+    "sandbox_uid_base": (
+        lambda v: 1000 <= v <= 2**31 - 100_000,
+        "expected an integer from 1000 to 2147383648",
+    ),
     "callback_allow": (
         lambda v: not allow_list_problem(v),
         "expected comma-separated host names, *.domain wildcards or CIDRs such as "

@@ -7,7 +7,7 @@ heavy because the zygote imports it before loading user code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -291,6 +291,20 @@ class FunctionSpec:
         if self.batch is not None:
             document["batch"] = self.batch.to_dict()
         return document
+
+    def relocated(self, root: Path) -> FunctionSpec:
+        """The same function seen from inside its sandbox, where its folder is at ``root``:
+        the handler's file and the extra files move with it."""
+
+        def moved(path: Path) -> Path:
+            return root / path.relative_to(self.root) if path.is_relative_to(self.root) else path
+
+        handler = self.handler
+        if handler.kind != "module":
+            handler = HandlerRef(handler.kind, str(moved(Path(handler.target))), handler.attr)
+        return replace(
+            self, root=root, handler=handler, files=tuple(moved(path) for path in self.files)
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FunctionSpec:

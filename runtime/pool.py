@@ -22,6 +22,7 @@ from runtime.defaults import BACKOFF_S, EXIT_STATUS_WAIT_S, KILL_GRACE_S, STOP_T
 from runtime.dispatcher import Dispatcher
 from runtime.errors import CallTimedOut, Overloaded, RuntimeFailure, Unavailable
 from runtime.protocol import Kind, encode
+from runtime.sandbox.sandboxes import PoolSandbox, Sandboxes
 from runtime.states import PoolState, WorkerPhase, check_pool
 from runtime.stats import PoolStats
 from runtime.worker_link import Call, WorkerLink
@@ -35,8 +36,14 @@ class WarmPool:
     """The warm workers of one function. Create it inside a running event loop."""
 
     def __init__(
-        self, spec: FunctionSpec, observer: PoolObserver | None = None, digest: str = ""
+        self,
+        spec: FunctionSpec,
+        observer: PoolObserver | None = None,
+        digest: str = "",
+        sandboxes: Sandboxes | None = None,
     ) -> None:
+        """``sandboxes``: the node's; each start of the pool's zygote gets a sandbox from
+        them (None: the zygote runs as the node does)."""
         self.spec = spec
         self.name = spec.name
         self.digest = digest  # of the bundle it runs ("" when started from a manifest)
@@ -47,6 +54,8 @@ class WarmPool:
         self.state = PoolState.STOPPED
         self.stats = PoolStats()
         self.zygote: ZygoteLink | None = None
+        self.sandboxes = sandboxes
+        self.sandbox: PoolSandbox | None = None
         self.dispatch = Dispatcher(spec.pool.max_queue_wait_ms, self.stats, self._queue_timeout)
         self.failures = 0
         self.retry_at = 0.0
@@ -73,7 +82,9 @@ class WarmPool:
         if self.zygote is not None:
             await self.zygote.kill()  # the previous one is dead or stale: make sure it is gone
         self.worker_set.forget_pids()
-        zygote = ZygoteLink(self.spec, self._on_zygote_event)
+        if not self._open_sandbox():
+            return
+        zygote = ZygoteLink(self.spec, self._on_zygote_event, self.sandbox)
         self.zygote = zygote
         try:
             await zygote.start()
@@ -100,6 +111,24 @@ class WarmPool:
             )
         self._set_state(PoolState.RUNNING)
         self.worker_set.fill()
+
+    def _open_sandbox(self) -> bool:
+        """Get the pool's sandbox (once; a restarted zygote reuses it) and create its
+        cgroups; False, with the start counted as failed, when that cannot be done."""
+        if self.sandboxes is None:
+            return True
+        try:
+            if self.sandbox is None:
+                self.sandbox = self.sandboxes.for_pool(self.spec)
+            if self.sandbox is not None:
+                self.sandbox.open()
+        except Unavailable as exc:
+            self.start_failed(exc.message)
+            return False
+        except OSError as exc:
+            self.start_failed(f"its sandbox's cgroups could not be made: {exc}")
+            return False
+        return True
 
     async def stop(self, force: bool = False, drain: bool = False) -> None:
         """Stop every worker and the zygote. With ``drain`` (a version switch), queued and
@@ -132,6 +161,9 @@ class WarmPool:
             _, pending = await asyncio.wait(list(self._tasks), timeout=EXIT_STATUS_WAIT_S + 0.1)
             for task in pending:
                 task.cancel()
+        if self.sandbox is not None:
+            self.sandbox.close()
+            self.sandbox = None
         self._set_state(PoolState.STOPPED)
 
     async def _drain(self) -> None:
@@ -385,4 +417,23 @@ class WarmPool:
             "queue_depth": len(self.dispatch.queue),
             "counters": self.stats.to_dict(),
             "last_error": self.last_error,
+            "sandbox": self._sandbox_view(),
+        }
+
+    def _sandbox_view(self) -> dict[str, Any] | None:
+        """The pool's sandbox and what its processes use (None: unsandboxed)."""
+        sandbox = self.sandbox
+        if sandbox is None:
+            return None
+        usage = sandbox.usage()
+        return {
+            "uid": sandbox.plan.uid,
+            "network": sandbox.plan.network,
+            "tmp_mb": sandbox.plan.tmp_mb,
+            "cpu": self.spec.sandbox.cpu,
+            "pids": self.spec.sandbox.pids,
+            "memory_bytes": usage.memory_bytes,
+            "cpu_seconds": round(usage.cpu_seconds, 3),
+            "cpu_throttled_seconds": round(usage.throttled_seconds, 3),
+            "oom_kills": usage.oom_kills,
         }

@@ -19,6 +19,7 @@ from typing import Any
 from registry.specs import FunctionSpec
 from runtime.defaults import TICK_S
 from runtime.pool import WarmPool
+from runtime.sandbox.sandboxes import Sandboxes
 from runtime.states import PoolState
 from runtime.workers import PoolObserver
 
@@ -35,11 +36,14 @@ class Supervisor:
         specs: Iterable[FunctionSpec] = (),
         observer: PoolObserver | None = None,
         pool_factor: int = 1,
+        sandboxes: Sandboxes | None = None,
     ) -> None:
         """``pool_factor`` multiplies every pool's ``max`` and ``queue_max`` (a cloud node
-        runs larger pools than the manifest's edge sizes)."""
+        runs larger pools than the manifest's edge sizes); ``sandboxes``: the node's (None:
+        functions run as the node does)."""
         self._specs = list(specs)
         self._observer = observer
+        self.sandboxes = sandboxes
         self.pool_factor = pool_factor
         self.pools: dict[str, WarmPool] = {}  # the routed pool of each function
         self.triggers: dict[str, Trigger] = {}  # trigger path → function (updated in place)
@@ -75,7 +79,7 @@ class Supervisor:
                     queue_max=sizes.queue_max * self.pool_factor,
                 ),
             )
-        pool = WarmPool(spec, self._observer, digest)
+        pool = WarmPool(spec, self._observer, digest, self.sandboxes)
         self._all.add(pool)
         await pool.start()
         return pool

@@ -23,8 +23,11 @@ from runtime.protocol import (
     RESULT_STATUS,
     FrameDecoder,
     Kind,
+    encode,
 )
 from runtime.states import WorkerPhase, check_worker
+
+START_FRAME = encode(Kind.START, 0, [])
 
 
 class Result:
@@ -102,9 +105,11 @@ class WorkerLink(asyncio.Protocol):
         self.kill_reason = ""
         # Set when this worker's failure to start was already counted against the pool.
         self.failure_reported = False
+        self.pidfd: int | None = None  # a sandboxed worker's: signals reach it, not a reused pid
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
         self._closing = False
+        self._start_pending = False
 
     @property
     def state(self) -> str:
@@ -135,18 +140,34 @@ class WorkerLink(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def start(self) -> None:
+        """Tell a sandboxed worker that it is in its cgroup: it may run ``init`` now."""
+        if self._transport is None:
+            self._start_pending = True
+        else:
+            self._transport.write(START_FRAME)
+
     def kill(self, reason: str) -> None:
         """SIGKILL the worker (hung call, hung init, forced shutdown)."""
         self.kill_reason = self.kill_reason or reason
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            elif self.pid:
                 os.kill(self.pid, signal.SIGKILL)
         self.close()
+
+    def release_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         if self._closing:  # retired or killed while its socket was being attached
             self._transport.close()
+        elif self._start_pending:
+            self._transport.write(START_FRAME)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Coroutine
@@ -22,6 +23,7 @@ from runtime.defaults import EXIT_STATUS_WAIT_S, INIT_TIMEOUT_S
 from runtime.dispatcher import Dispatcher
 from runtime.errors import Unavailable, WorkerCrashed
 from runtime.exits import EXIT_INIT_FAILED, describe_exit
+from runtime.sandbox.sandboxes import PoolSandbox
 from runtime.states import PoolState, WorkerPhase
 from runtime.stats import PoolStats
 from runtime.worker_link import Call, Result, WorkerLink
@@ -49,6 +51,7 @@ class PoolControl(Protocol):
     max: int
     concurrency: int
     zygote: ZygoteLink | None
+    sandbox: PoolSandbox | None
 
     def start_failed(self, message: str) -> None: ...
 
@@ -224,21 +227,30 @@ class WorkerSet:
         self.links.pop(link.token, None)
         self.dispatch.withdraw(link)
         calls = [c for c in self.dispatch.take_running(link) if not c.future.done()]
-        if calls or (was is WorkerPhase.STARTING and not link.failure_reported):
-            self.pool.background(self._report_loss(link, calls, was))
+        sandbox = self.pool.sandbox
+        if calls or (was is WorkerPhase.STARTING and not link.failure_reported) or sandbox:
+            self.pool.background(self._report_loss(link, calls, was, sandbox))
+        else:
+            link.release_pidfd()
         self.fill()
 
-    async def _report_loss(self, link: WorkerLink, calls: list[Call], was: WorkerPhase) -> None:
+    async def _report_loss(
+        self, link: WorkerLink, calls: list[Call], was: WorkerPhase, sandbox: PoolSandbox | None
+    ) -> None:
         """Wait briefly for the zygote's report of how the worker ended, then tell the
-        callers (502) or count a start failure."""
+        callers (502) or count a start failure; a sandboxed worker's group is emptied and
+        removed, and says whether the kernel killed it for its memory."""
         try:
             status = await asyncio.wait_for(asyncio.shield(link.exit_status), EXIT_STATUS_WAIT_S)
             how = describe_exit(status, self.spec.memory_mb)
             init_failed = status >> 8 == EXIT_INIT_FAILED
         except TimeoutError:
             how, init_failed = "died (its exit status is unknown)", False
+        link.release_pidfd()
         if link.kill_reason:
             how = f"was killed because {link.kill_reason}"
+        if sandbox is not None and sandbox.worker_ended(link.token):
+            how = f"ran out of memory (memory_mb {self.spec.memory_mb})"
         running = self.pool.state is PoolState.RUNNING
         if calls:
             self.stats.crashes += 1
@@ -265,10 +277,44 @@ class WorkerSet:
         kind = event["event"]
         if kind == "spawned":
             link = self.links.get(int(event["token"]))
-            if link is not None:
+            pidfd = event.get("pidfd")
+            if link is None:
+                if pidfd is not None:
+                    os.close(pidfd)
+            elif pidfd is not None:
+                self._on_sandboxed_spawn(link, int(event["pid"]), pidfd)
+            else:
                 link.pid = link.pid or int(event["pid"])
                 self._by_pid[link.pid] = link
         elif kind == "exited":
             link = self._by_pid.pop(int(event["pid"]), None)
             if link is not None and not link.exit_status.done():
                 link.exit_status.set_result(int(event["status"]))
+
+    def _on_sandboxed_spawn(self, link: WorkerLink, inner_pid: int, pidfd: int) -> None:
+        """A worker forked inside a sandbox: ``inner_pid`` is its pid there (the zygote's
+        ``exited`` reports use it), the pidfd gives its pid here. Put it in its cgroup, then
+        let it start."""
+        link.pidfd = pidfd
+        self._by_pid[inner_pid] = link
+        sandbox = self.pool.sandbox
+        try:
+            link.pid = pid_of(pidfd)
+            if sandbox is None or not sandbox.plan.await_start:
+                return
+            sandbox.place_worker(link.token, link.pid)
+        except OSError as exc:
+            link.kill(f"it could not be put in its cgroup ({exc})")
+            return
+        link.start()
+
+
+def pid_of(pidfd: int) -> int:
+    """The pid, in this process's namespace, of the process a pidfd refers to."""
+    with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as info:
+        for line in info:
+            if line.startswith("Pid:"):
+                pid = int(line.split()[1])
+                if pid > 0:
+                    return pid
+    raise ProcessLookupError(0, "the worker has already exited")

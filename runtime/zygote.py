@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -46,7 +47,7 @@ from runtime.defaults import CONTROL_PACKET_BYTES, STOP_TIMEOUT_S
 from runtime.lifeline import become_subreaper, die_with_parent
 from runtime.loader import LoadedFunction, LoadError, load_function
 from runtime.sandbox import steps
-from runtime.sandbox.plan import SandboxPlan
+from runtime.sandbox.plan import FUNCTION_ROOT, SandboxPlan
 
 # Address space the runtime needs on top of what the loaded module maps, for a worker to run.
 WORKER_HEADROOM_MIB = 16
@@ -79,6 +80,7 @@ class Zygote:
             except steps.SandboxFailed as exc:
                 self.send({"event": "load_failed", "message": str(exc), "trace": ""})
                 return None
+            spec = spec.relocated(Path(FUNCTION_ROOT))
         os.environ.update(spec.env)
         os.chdir(spec.root)
         try:

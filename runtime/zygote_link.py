@@ -22,6 +22,7 @@ from registry.specs import FunctionSpec
 from runtime.defaults import CONTROL_PACKET_BYTES, LOAD_TIMEOUT_S, STOP_TIMEOUT_S
 from runtime.errors import Unavailable
 from runtime.exits import describe_exit
+from runtime.sandbox.sandboxes import PoolSandbox
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -42,9 +43,15 @@ def function_environment(spec: FunctionSpec) -> dict[str, str]:
 class ZygoteLink:
     """One zygote process and its control socket."""
 
-    def __init__(self, spec: FunctionSpec, on_event: Callable[[ZygoteEvent], None]) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        on_event: Callable[[ZygoteEvent], None],
+        sandbox: PoolSandbox | None = None,
+    ) -> None:
         self.spec = spec
         self.on_event = on_event
+        self.sandbox = sandbox
         self.process: asyncio.subprocess.Process | None = None
         self.is_async = False
         self._sock: socket.socket | None = None
@@ -86,7 +93,16 @@ class ZygoteLink:
         self._sock = ours
         self._loaded = loop.create_future()
         loop.add_reader(ours.fileno(), self._on_readable)
-        ours.send(json.dumps({"cmd": "load", "spec": self.spec.to_dict()}).encode())
+        plan = None
+        if self.sandbox is not None:
+            try:  # before it loads anything: whatever it allocates is charged there
+                self.sandbox.place_zygote(self.process.pid)
+            except OSError as exc:
+                await self.kill()
+                raise Unavailable(f"its zygote could not be put in its cgroup: {exc}") from None
+            plan = self.sandbox.plan.to_dict()
+        load = {"cmd": "load", "spec": self.spec.to_dict(), "sandbox": plan}
+        ours.send(json.dumps(load).encode())
         try:
             report = await asyncio.wait_for(asyncio.shield(self._loaded), LOAD_TIMEOUT_S)
         except TimeoutError:
@@ -141,15 +157,20 @@ class ZygoteLink:
         sock = self._sock
         while sock is not None:
             try:
-                packet = sock.recv(CONTROL_PACKET_BYTES)
+                packet, fds, _, _ = socket.recv_fds(sock, CONTROL_PACKET_BYTES, 1)
             except BlockingIOError:
                 return
             except OSError:
-                packet = b""
+                packet, fds = b"", []
             if not packet:
+                for fd in fds:
+                    os.close(fd)
                 self._on_lost()
                 return
-            self._dispatch(json.loads(packet))
+            message = json.loads(packet)
+            if fds:  # a sandboxed worker's pidfd, with its "spawned" event
+                message["pidfd"] = fds[0]
+            self._dispatch(message)
 
     def _dispatch(self, message: ZygoteEvent) -> None:
         if message["event"] in ("loaded", "load_failed"):

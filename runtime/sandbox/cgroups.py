@@ -31,6 +31,8 @@ class Cgroups(Protocol):
 
     version: int
 
+    def close(self) -> None: ...
+
     def create(
         self,
         group: str,
@@ -67,6 +69,19 @@ def kill_all(cgroups: Cgroups, group: str, rounds: int = 50) -> bool:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     return not cgroups.pids(group)
+
+
+def clear_stale(parent: Path, prefix: str) -> None:
+    """Remove the groups ``PREFIX*.PID`` below ``parent`` of nodes no longer running (their
+    process ``PID`` is gone), with any process still in them."""
+    for folder in parent.glob(f"{prefix}.*"):
+        pid = folder.name.rpartition(".")[2]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        for stale in _procs_below(folder):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(stale, signal.SIGKILL)
+        _remove_tree(folder)
 
 
 def _write(path: Path, value: str) -> None:
@@ -151,6 +166,11 @@ class CgroupsV1:
         if pids is not None:
             _write(self.bases["pids"] / group / "pids.max", str(pids))
 
+    def close(self) -> None:
+        """Remove the node's base groups (once its pools have stopped)."""
+        for base in self.bases.values():
+            _remove_tree(base)
+
     def add(self, group: str, pid: int) -> None:
         for _, folder in self._dirs(group):
             _write(folder / "cgroup.procs", str(pid))
@@ -212,6 +232,9 @@ class CgroupsV2:
             _write(folder / "cpu.max", f"{quota} {CPU_PERIOD_US}")
         if pids is not None:
             _write(folder / "pids.max", str(pids))
+
+    def close(self) -> None:
+        _remove_tree(self.base)
 
     def add(self, group: str, pid: int) -> None:
         _write(self.base / group / "cgroup.procs", str(pid))

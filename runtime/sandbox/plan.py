@@ -20,6 +20,9 @@ SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 # The packages of edgefaas a zygote and its workers import (never the gateway's).
 RUNTIME_PACKAGES = ("runtime", "registry")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# Where the function's folder is inside its sandbox (where AWS Lambda keeps a function's
+# code): one path whatever the node's data dir, which may itself lie below /tmp.
+FUNCTION_ROOT = "/var/task"
 
 
 def python_paths() -> tuple[str, ...]:
@@ -38,7 +41,7 @@ class SandboxPlan:
     function: str
     uid: int
     gid: int
-    root: str  # the function's folder, read-only at the same path inside
+    root: str  # the function's folder on the node, read-only at FUNCTION_ROOT inside
     stage: str
     tmp_mb: int
     network: str  # "host" or "none"
@@ -59,7 +62,7 @@ class SandboxPlan:
     def visible_paths(self) -> list[str]:
         """Every host folder bound into the sandbox, outermost first, without those inside
         another (their parent's bind carries them)."""
-        wanted = [*self.system_paths, *self.python_paths, self.root]
+        wanted = [*self.system_paths, *self.python_paths]
         kept: list[str] = []
         for path in sorted({os.path.normpath(p) for p in wanted}, key=len):
             if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):

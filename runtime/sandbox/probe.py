@@ -55,11 +55,13 @@ def find_cgroups(node_name: str) -> cgroups.Cgroups:
     cpuacct and pids controllers there, else in v2 when it has them."""
     mounts = _cgroup_mounts()
     own = _own_groups()
-    base_name = f"edgefaas-{node_name}"
+    prefix = f"edgefaas-{node_name}"
+    base_name = f"{prefix}.{os.getpid()}"  # two nodes of one name on a machine stay apart
     v1 = {c: mounts[c] for c in cgroups.V1_CONTROLLERS if c in mounts}
     if len(v1) == len(cgroups.V1_CONTROLLERS):
         bases = {c: v1[c] / own.get(c, "/").lstrip("/") / base_name for c in v1}
         for base in bases.values():
+            cgroups.clear_stale(base.parent, prefix)
             base.mkdir(parents=True, exist_ok=True)
         return cgroups.CgroupsV1(bases)
     unified = mounts.get("")
@@ -79,6 +81,7 @@ def find_cgroups(node_name: str) -> cgroups.Cgroups:
                 f"{own_folder} ({exc.strerror}); run the node in a group of its own with "
                 "the controllers delegated (systemd: Delegate=yes)",
             ) from None
+        cgroups.clear_stale(own_folder, prefix)
         driver.base.mkdir(exist_ok=True)
         return driver
     have = ", ".join(sorted(v1)) or "none"

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +48,7 @@ class Sandboxes:
 
     def __init__(
         self,
-        mode: Mode,
+        mode: str,
         node_name: str,
         stage: Path,
         uid_base: int = UID_BASE,
@@ -64,6 +65,8 @@ class Sandboxes:
         self.active = self.abilities.complete
         self._uids: dict[str, int] = {}
         self._pools = 0
+        self._live: dict[str, PoolSandbox] = {}  # by group
+        self._retired: dict[str, Usage] = {}  # by function: totals of pools that stopped
         self._lock = threading.Lock()
         if self.active:
             stage.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -71,6 +74,11 @@ class Sandboxes:
     @property
     def cgroups(self) -> cgroups.Cgroups | None:
         return self.abilities.cgroups
+
+    def close(self) -> None:
+        """The node stops (its pools have): remove its cgroups."""
+        if self.cgroups is not None:
+            self.cgroups.close()
 
     def warning(self) -> str | None:
         """What a node that runs functions unsandboxed says about it (None when it does not,
@@ -126,7 +134,32 @@ class Sandboxes:
             network=spec.sandbox.network,
             await_start=self.cgroups is not None,
         )
-        return PoolSandbox(spec, plan, self.cgroups, group)
+        sandbox = PoolSandbox(spec, plan, self.cgroups, group, self._retire)
+        self._live[group] = sandbox
+        return sandbox
+
+    def _retire(self, sandbox: PoolSandbox, final: Usage) -> None:
+        self._live.pop(sandbox.group, None)
+        total = self._retired.setdefault(sandbox.spec.name, Usage())
+        total.cpu_seconds += final.cpu_seconds
+        total.throttled_seconds += final.throttled_seconds
+        total.oom_kills += final.oom_kills
+
+    def usage_by_function(self) -> dict[str, Usage]:
+        """Each function's use, from its pools' cgroups: memory now, and CPU seconds, CPU
+        throttled seconds and OOM kills since the node started (all its pools so far)."""
+        totals = {
+            name: Usage(0, u.cpu_seconds, u.throttled_seconds, u.oom_kills)
+            for name, u in self._retired.items()
+        }
+        for sandbox in list(self._live.values()):
+            usage = sandbox.usage()
+            total = totals.setdefault(sandbox.spec.name, Usage())
+            total.memory_bytes += usage.memory_bytes
+            total.cpu_seconds += usage.cpu_seconds
+            total.throttled_seconds += usage.throttled_seconds
+            total.oom_kills += usage.oom_kills
+        return totals
 
 
 class PoolSandbox:
@@ -134,13 +167,19 @@ class PoolSandbox:
     and process cap), ``GROUP/zygote`` and ``GROUP/wTOKEN`` (memory, per process)."""
 
     def __init__(
-        self, spec: FunctionSpec, plan: SandboxPlan, groups: cgroups.Cgroups | None, group: str
+        self,
+        spec: FunctionSpec,
+        plan: SandboxPlan,
+        groups: cgroups.Cgroups | None,
+        group: str,
+        on_close: Callable[[PoolSandbox, Usage], None] | None = None,
     ) -> None:
         self.spec = spec
         self.plan = plan
         self.groups = groups
         self.group = group
         self.oom_kills = 0
+        self._on_close = on_close
         self._memory_bytes = spec.memory_mb * MiB
 
     def open(self) -> None:
@@ -188,6 +227,9 @@ class PoolSandbox:
 
     def close(self) -> None:
         """The pool stopped: kill what is left in its groups and remove them."""
+        if self._on_close is not None:
+            self._on_close(self, self.usage())
+            self._on_close = None
         if self.groups is None:
             return
         cgroups.kill_all(self.groups, self.group)

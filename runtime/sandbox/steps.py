@@ -10,7 +10,8 @@ order is the security argument, so it is kept here, in one place:
 3. **Mounts, while still root**: private propagation (nothing leaks back to the host); a
    fresh tmpfs as the new root; into it, read-only binds of the host's system folders, of
    Python and edgefaas' runtime packages, and of the function's own folder; a minimal
-   ``/dev``; a fresh ``/proc`` (this namespace's processes only); ``/sys``. Then
+   ``/dev``; a fresh ``/proc`` (this namespace's processes only); ``/sys``. The function's
+   folder appears at ``/var/task`` (``context.root``), whatever its path on the node. Then
    ``pivot_root`` and detach the old root: the node's data dir, keys, tokens, Redis socket,
    ``/root``, ``/home``, ``/var`` and every other function's folder are no longer reachable
    by any path. Only then everything is made **read-only** (``mount_setattr``, recursive)
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from runtime.sandbox import kernel, seccomp
-from runtime.sandbox.plan import SandboxPlan
+from runtime.sandbox.plan import FUNCTION_ROOT, SandboxPlan
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = {
@@ -77,7 +78,7 @@ def enter(plan: SandboxPlan, close_in_keeper: Callable[[], None]) -> None:
     _step("host name", kernel.sethostname, plan.function[:64])
     if plan.network == "none":
         _step("loopback", kernel.loopback_up)
-    _step("working folder", os.chdir, plan.root)
+    _step("working folder", os.chdir, FUNCTION_ROOT)
     _step("privileges", _drop_privileges, plan)
     _step("seccomp", seccomp.load_filter)
     os.environ.update(HOME=TMP, TMPDIR=TMP)
@@ -145,6 +146,7 @@ def _bind_visible(plan: SandboxPlan) -> None:
         elif os.path.isdir(path):
             target = _in_root(plan, path)
             kernel.mount(path, target, "", kernel.MS_BIND | kernel.MS_REC)
+    kernel.mount(plan.root, _in_root(plan, FUNCTION_ROOT), "", kernel.MS_BIND | kernel.MS_REC)
 
 
 def _dev(plan: SandboxPlan) -> None:

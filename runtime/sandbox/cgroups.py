@@ -73,8 +73,8 @@ def kill_all(cgroups: Cgroups, group: str, rounds: int = 50) -> bool:
 
 def clear_stale(parent: Path, prefix: str) -> None:
     """Remove the groups ``PREFIX*.PID`` below ``parent`` of nodes no longer running (their
-    process ``PID`` is gone), with any process still in them."""
-    for folder in parent.glob(f"{prefix}.*"):
+    process ``PID`` is gone, e.g. killed with SIGKILL), with any process still in them."""
+    for folder in parent.glob(f"{prefix}*.*"):
         pid = folder.name.rpartition(".")[2]
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue

@@ -7,6 +7,7 @@ from it inside the zygote, and the node's cgroups (:mod:`.cgroups`) hold its lim
 
 from __future__ import annotations
 
+import contextlib
 import os
 import site
 import sys
@@ -17,8 +18,6 @@ from typing import Any
 # The host's system folders a function sees, read-only (those that exist; links are kept
 # as links, as /lib → usr/lib on a merged /usr).
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
-# The packages of edgefaas a zygote and its workers import (never the gateway's).
-RUNTIME_PACKAGES = ("runtime", "registry")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # Where the function's folder is inside its sandbox (where AWS Lambda keeps a function's
 # code): one path whatever the node's data dir, which may itself lie below /tmp.
@@ -26,10 +25,19 @@ FUNCTION_ROOT = "/var/task"
 
 
 def python_paths() -> tuple[str, ...]:
-    """The interpreter's folders (its installation, the virtual environment, their
-    site-packages) and edgefaas' runtime packages: what a zygote needs to import."""
+    """What a zygote imports from: the interpreter's installation, the virtual environment
+    and their site-packages, whole; and of each folder on the zygote's ``PYTHONPATH``
+    (edgefaas' own root first), only its packages — never the rest of a checkout, which may
+    hold a local mesh's keys."""
     paths = {sys.base_prefix, sys.prefix, *site.getsitepackages()}
-    paths.update(str(PACKAGE_ROOT / package) for package in RUNTIME_PACKAGES)
+    entries = [str(PACKAGE_ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    for entry in filter(None, entries):
+        with contextlib.suppress(OSError):
+            paths.update(
+                str(child)
+                for child in Path(entry).iterdir()
+                if (child / "__init__.py").is_file()
+            )
     return tuple(sorted(p for p in paths if os.path.isdir(p)))
 
 

@@ -61,7 +61,7 @@ def find_cgroups(node_name: str) -> cgroups.Cgroups:
     if len(v1) == len(cgroups.V1_CONTROLLERS):
         bases = {c: v1[c] / own.get(c, "/").lstrip("/") / base_name for c in v1}
         for base in bases.values():
-            cgroups.clear_stale(base.parent, prefix)
+            cgroups.clear_stale(base.parent, "edgefaas-")
             base.mkdir(parents=True, exist_ok=True)
         return cgroups.CgroupsV1(bases)
     unified = mounts.get("")
@@ -81,7 +81,7 @@ def find_cgroups(node_name: str) -> cgroups.Cgroups:
                 f"{own_folder} ({exc.strerror}); run the node in a group of its own with "
                 "the controllers delegated (systemd: Delegate=yes)",
             ) from None
-        cgroups.clear_stale(own_folder, prefix)
+        cgroups.clear_stale(own_folder, "edgefaas-")
         driver.base.mkdir(exist_ok=True)
         return driver
     have = ", ".join(sorted(v1)) or "none"

@@ -86,6 +86,7 @@ class WarmPool:
             return
         zygote = ZygoteLink(self.spec, self._on_zygote_event, self.sandbox)
         self.zygote = zygote
+        started = time.perf_counter()
         try:
             await zygote.start()
         except Exception as exc:
@@ -101,6 +102,7 @@ class WarmPool:
         if self.state is not PoolState.STARTING:  # stopped while loading
             await zygote.stop()
             return
+        self.stats.zygote_start_s.append(time.perf_counter() - started)
         self.concurrency = self.spec.pool.concurrency if zygote.is_async else 1
         self.dispatch.concurrency = self.concurrency
         if self.spec.batch is not None:

@@ -33,6 +33,8 @@ class PoolStats:
     start_failures: int = 0
     service_s: float = INITIAL_SERVICE_S
     spawn_s: deque[float] = field(default_factory=lambda: deque(maxlen=SPAWN_SAMPLES))
+    # zygote starts: process start to handler loaded (the sandbox is built in between)
+    zygote_start_s: deque[float] = field(default_factory=lambda: deque(maxlen=SPAWN_SAMPLES))
 
     def record_call(self, seconds: float, outcome: int) -> None:
         self.calls += 1
@@ -67,4 +69,10 @@ class PoolStats:
             "start_failures": self.start_failures,
             "service_ms": round(self.service_s * 1000, 3),
             "spawn_ms_p50": round(self.spawn_p50_s() * 1000, 3) if self.spawn_s else None,
+            "zygote_starts": len(self.zygote_start_s),
+            "zygote_start_ms_p50": (
+                round(statistics.median(self.zygote_start_s) * 1000, 3)
+                if self.zygote_start_s
+                else None
+            ),
         }

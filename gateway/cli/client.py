@@ -104,6 +104,11 @@ def list_functions(settings: Settings) -> list[dict[str, Any]]:
     return result
 
 
+def node_info(settings: Settings) -> dict[str, Any]:
+    result: dict[str, Any] = check(request(settings, "GET", "/system/info", admin=True)).json()
+    return result
+
+
 def scale(settings: Settings, name: str, body: dict[str, int]) -> dict[str, Any]:
     result: dict[str, Any] = check(
         request(settings, "POST", f"/system/scale-function/{name}", admin=True, json_body=body)
@@ -166,8 +171,9 @@ def format_dead_letters(letters: dict[str, Any]) -> str:
 
 def format_nodes(mesh: dict[str, Any]) -> str:
     """``edgefaas nodes`` output: one row per live node."""
-    header = ("NODE", "ROLE", "STATE", "URL", "FUNCTIONS", "BUSY/READY", "QUEUE", "HEARTBEAT")
-    rows = [header]
+    header = ("NODE", "ROLE", "STATE", "URL", "SANDBOX", "FUNCTIONS", "BUSY/READY", "QUEUE")
+    rows = [(*header, "HEARTBEAT")]
+    warnings = []
     now = time.time()
     for record in mesh["nodes"]:
         functions = record.get("functions") or {}
@@ -183,12 +189,16 @@ def format_nodes(mesh: dict[str, Any]) -> str:
             queue += status.get("queue_depth", 0)
         state = "degraded" if record.get("degraded") else "ok"
         age = now - float(record.get("heartbeat_at", now))
+        sandbox = record.get("sandbox") or {}
+        if sandbox.get("warning"):
+            warnings.append(f"warning: {record['name']}: {sandbox['warning']}")
         rows.append(
             (
                 record["name"],
                 record.get("role", "?"),
                 state,
                 record.get("url", "?"),
+                _sandbox_cell(sandbox),
                 " ".join(names) or "-",
                 f"{busy}/{ready}",
                 str(queue),
@@ -198,7 +208,16 @@ def format_nodes(mesh: dict[str, Any]) -> str:
     table = _columns(rows)
     if mesh.get("mesh") != "ok":
         table += f"\nmesh: {mesh.get('mesh')} — showing this node only"
-    return table
+    return "\n".join([table, *warnings])
+
+
+def _sandbox_cell(sandbox: dict[str, Any]) -> str:
+    """``on (cgroup v1)``, ``off`` (asked for), ``NONE`` (wanted, but the node cannot)."""
+    if not sandbox:
+        return "?"
+    if sandbox.get("active"):
+        return f"on (cgroup {sandbox['cgroups']})" if sandbox.get("cgroups") else "on"
+    return "off" if sandbox.get("mode") == "off" else "NONE"
 
 
 def _columns(rows: Sequence[tuple[str, ...]]) -> str:
@@ -222,6 +241,9 @@ def format_table(functions: list[dict[str, Any]]) -> str:
         "QUEUE",
         "CALLS",
         "ERRORS",
+        "MEMORY",
+        "CPU",
+        "SANDBOX",
         "LAST ERROR",
     )
     rows = [header]
@@ -241,10 +263,20 @@ def format_table(functions: list[dict[str, Any]]) -> str:
                 str(f["queue_depth"]),
                 str(c["calls"]),
                 str(errors),
+                *_usage_cells(f.get("sandbox")),
                 last[:60],
             )
         )
     return _columns(rows)
+
+
+def _usage_cells(sandbox: dict[str, Any] | None) -> tuple[str, str, str]:
+    """Memory (MiB) and CPU (seconds) from the function's cgroups, and its sandbox."""
+    if not sandbox:
+        return "-", "-", "none"
+    memory = f"{sandbox['memory_bytes'] / 1048576:.0f}M"
+    where = "no network" if sandbox["network"] == "none" else "host network"
+    return memory, f"{sandbox['cpu_seconds']:.1f}s", f"uid {sandbox['uid']}, {where}"
 
 
 def dumps(value: Any) -> str:

@@ -140,7 +140,13 @@ def _invoke(args: argparse.Namespace, settings: Settings) -> int:
 
 def _ls(args: argparse.Namespace, settings: Settings) -> int:
     functions = client.list_functions(settings)
-    print(client.dumps(functions) if args.json else client.format_table(functions))
+    if args.json:
+        print(client.dumps(functions))
+        return 0
+    print(client.format_table(functions))
+    warning = client.node_info(settings).get("sandbox", {}).get("warning")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

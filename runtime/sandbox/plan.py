@@ -34,9 +34,7 @@ def python_paths() -> tuple[str, ...]:
     for entry in filter(None, entries):
         with contextlib.suppress(OSError):
             paths.update(
-                str(child)
-                for child in Path(entry).iterdir()
-                if (child / "__init__.py").is_file()
+                str(child) for child in Path(entry).iterdir() if (child / "__init__.py").is_file()
             )
     return tuple(sorted(p for p in paths if os.path.isdir(p)))
 

@@ -307,6 +307,10 @@ class WorkerSet:
             link.kill(f"it could not be put in its cgroup ({exc})")
             return
         link.start()
+        try:
+            sandbox.prepare_spare()
+        except OSError as exc:  # the next worker makes its group itself
+            log.warning("function %s: a spare cgroup could not be made: %s", self.name, exc)
 
 
 def pid_of(pidfd: int) -> int:

@@ -108,16 +108,18 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(number, new_root.encode(), put_old.encode()), "pivot_root")
 
 
-def set_mount_attributes(path: str, attributes: int) -> None:
-    """Set ``attributes`` (``MOUNT_ATTR_*``) on the mount at ``path`` and every mount below
-    it, at once (``mount_setattr`` with ``AT_RECURSIVE``)."""
-    attr = _MountAttr(attributes, 0, 0, 0)
+def set_mount_attributes(
+    path: str, attributes: int, clear: int = 0, *, recursive: bool = True
+) -> None:
+    """Set ``attributes`` and clear ``clear`` (``MOUNT_ATTR_*``) on the mount at ``path``
+    and, when ``recursive``, every mount below it, at once (``mount_setattr``)."""
+    attr = _MountAttr(attributes, clear, 0, 0)
     number = _syscall_number("mount_setattr")
     result = _libc.syscall(
         number,
         ctypes.c_int(AT_FDCWD),
         path.encode(),
-        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.c_uint(AT_RECURSIVE if recursive else 0),
         ctypes.byref(attr),
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )

@@ -164,7 +164,9 @@ class Sandboxes:
 
 class PoolSandbox:
     """One pool's sandbox: the plan its zygote builds from, and its cgroups — ``GROUP`` (CPU
-    and process cap), ``GROUP/zygote`` and ``GROUP/wTOKEN`` (memory, per process)."""
+    and process cap), ``GROUP/zygote`` and ``GROUP/wN`` (memory, one per worker). The next
+    worker's group is made ahead of need (a pool of ready cgroups, as SOCK keeps), so that
+    placing a fresh worker is one write, not a group's creation."""
 
     def __init__(
         self,
@@ -180,6 +182,9 @@ class PoolSandbox:
         self.group = group
         self.oom_kills = 0
         self._on_close = on_close
+        self._spare: list[str] = []
+        self._by_token: dict[int, str] = {}
+        self._made = 0
         self._memory_bytes = spec.memory_mb * MiB
 
     def open(self) -> None:
@@ -198,16 +203,27 @@ class PoolSandbox:
         """Put a freshly forked worker (``pid`` as this node sees it) in a group of its own,
         capped at ``memory_mb``, before it runs ``init``."""
         if self.groups is not None:
-            group = f"{self.group}/w{token}"
-            self.groups.create(group, memory_bytes=self._memory_bytes)
+            group = self._spare.pop() if self._spare else self._new_worker_group(self.groups)
+            self._by_token[token] = group
             self.groups.add(group, pid)
+
+    def prepare_spare(self) -> None:
+        """Make the next worker's group now, off its start's path."""
+        if self.groups is not None and not self._spare:
+            self._spare.append(self._new_worker_group(self.groups))
+
+    def _new_worker_group(self, groups: cgroups.Cgroups) -> str:
+        self._made += 1
+        group = f"{self.group}/w{self._made}"
+        groups.create(group, memory_bytes=self._memory_bytes)
+        return group
 
     def worker_ended(self, token: int) -> bool:
         """The worker is gone: True if the kernel killed it for its memory. Processes it left
         behind are killed, and its group removed."""
-        if self.groups is None:
+        group = self._by_token.pop(token, None)
+        if self.groups is None or group is None:
             return False
-        group = f"{self.group}/w{token}"
         killed = self.groups.oom_kills(group) > 0
         self.oom_kills += killed
         cgroups.kill_all(self.groups, group)

@@ -6,16 +6,20 @@ order is the security argument, so it is kept here, in one place:
    parent stays outside as the *keeper* (the node's handle on the zygote; it waits and
    passes on how the zygote ended), the child is PID 1 of the new namespace and becomes the
    zygote. Whatever it forks is inside; when it dies the kernel kills every process there.
-2. **Lifeline**: the zygote dies with its keeper, the keeper with the gateway.
+2. **Lifeline**: the zygote dies with its keeper, the keeper with the gateway (asked for
+   again after the uid changes in step 5, which clears it).
 3. **Mounts, while still root**: private propagation (nothing leaks back to the host); a
    fresh tmpfs as the new root; into it, read-only binds of the host's system folders, of
-   Python and edgefaas' runtime packages, and of the function's own folder; a minimal
-   ``/dev``; a fresh ``/proc`` (this namespace's processes only); ``/sys``. The function's
-   folder appears at ``/var/task`` (``context.root``), whatever its path on the node. Then
-   ``pivot_root`` and detach the old root: the node's data dir, keys, tokens, Redis socket,
-   ``/root``, ``/home``, ``/var`` and every other function's folder are no longer reachable
-   by any path. Only then everything is made **read-only** (``mount_setattr``, recursive)
-   and the writable **``/tmp``** (capped at ``tmp_mb``) and ``/dev/shm`` are mounted on top.
+   Python and the packages on the node's ``PYTHONPATH``, and of the function's own folder;
+   a minimal ``/dev``; a fresh ``/proc`` (this namespace's processes only); the parts of
+   ``/sys`` that describe CPUs and cgroups; the function's **``/tmp``** (a tmpfs capped at
+   ``tmp_mb``; ``/dev/shm`` links to it), with any of those folders that lie in the node's
+   ``/tmp`` bound inside it. The function's folder appears at ``/var/task``
+   (``context.root``), whatever its path on the node. Then ``pivot_root`` and detach the
+   old root: the node's data dir, keys, tokens, Redis socket, ``/root``, ``/home``,
+   ``/var`` and every other function's folder are no longer reachable by any path. Only
+   then everything is made **read-only** (``mount_setattr``, recursive), and ``/tmp`` alone
+   writable again.
 4. **Name and network**: the host name is the function's; with ``network: none`` the new
    network namespace gets its loopback up, and nothing else.
 5. **Privileges, last of the set-up that needs them**: ``no_new_privs``; the capability
@@ -43,6 +47,7 @@ from typing import NoReturn
 from runtime.sandbox import kernel, seccomp
 from runtime.sandbox.plan import FUNCTION_ROOT, SandboxPlan
 
+TMP = "/tmp"  # noqa: S108 (inside the sandbox: the function's own tmpfs)
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = {
     "fd": "/proc/self/fd",
@@ -50,10 +55,10 @@ DEV_LINKS = {
     "stdout": "/proc/self/fd/1",
     "stderr": "/proc/self/fd/2",
     "ptmx": "pts/ptmx",
+    "shm": TMP,
 }
+SYS_PATHS = ("/sys/devices/system/cpu", "/sys/devices/system/node", "/sys/fs/cgroup")
 OLD_ROOT = ".old-root"
-TMP = "/tmp"  # noqa: S108 (inside the sandbox: the function's own tmpfs)
-SHM = "/dev/shm"  # noqa: S108 (the same)
 
 
 class SandboxFailed(Exception):
@@ -80,6 +85,9 @@ def enter(plan: SandboxPlan, close_in_keeper: Callable[[], None]) -> None:
         _step("loopback", kernel.loopback_up)
     _step("working folder", os.chdir, FUNCTION_ROOT)
     _step("privileges", _drop_privileges, plan)
+    # A change of uid clears the parent-death signal: ask for it again, as the function.
+    _step("lifeline as the function", _die_with_keeper, lifeline_r)
+    os.close(lifeline_r)
     _step("seccomp", seccomp.load_filter)
     os.environ.update(HOME=TMP, TMPDIR=TMP)
 
@@ -140,13 +148,19 @@ def _new_root(plan: SandboxPlan) -> None:
 
 def _bind_visible(plan: SandboxPlan) -> None:
     for path in plan.visible_paths():
-        if os.path.islink(path):
-            _in_root(plan, os.path.dirname(path))
-            os.symlink(os.readlink(path), plan.stage + path)
-        elif os.path.isdir(path):
-            target = _in_root(plan, path)
-            kernel.mount(path, target, "", kernel.MS_BIND | kernel.MS_REC)
+        if _under(path, TMP):
+            continue  # bound into the sandbox's own /tmp, once that exists (_writable_tmp)
+        _bind_read_only(plan, path)
     kernel.mount(plan.root, _in_root(plan, FUNCTION_ROOT), "", kernel.MS_BIND | kernel.MS_REC)
+
+
+def _bind_read_only(plan: SandboxPlan, path: str) -> None:
+    """``path`` at the same place in the new root (made read-only with the rest, later)."""
+    if os.path.islink(path):
+        _in_root(plan, os.path.dirname(path))
+        os.symlink(os.readlink(path), plan.stage + path)
+    elif os.path.isdir(path):
+        kernel.mount(path, _in_root(plan, path), "", kernel.MS_BIND | kernel.MS_REC)
 
 
 def _dev(plan: SandboxPlan) -> None:
@@ -159,7 +173,6 @@ def _dev(plan: SandboxPlan) -> None:
             kernel.mount(f"/dev/{node}", f"{dev}/{node}", "", kernel.MS_BIND)
     for name, target in DEV_LINKS.items():
         os.symlink(target, f"{dev}/{name}")
-    os.mkdir(f"{dev}/shm")
     os.mkdir(f"{dev}/pts")
 
 
@@ -169,12 +182,27 @@ def _proc(plan: SandboxPlan) -> None:
 
 
 def _sys(plan: SandboxPlan) -> None:
-    kernel.mount("/sys", _in_root(plan, "/sys"), "", kernel.MS_BIND | kernel.MS_REC)
+    """Only what programs read of the machine: its CPUs (thread pools size themselves from
+    them) and NUMA nodes, and the cgroups (a function may read its limits). Not the host's
+    network interfaces, devices or kernel settings."""
+    for path in SYS_PATHS:
+        if os.path.isdir(path):
+            kernel.mount(path, _in_root(plan, path), "", kernel.MS_BIND | kernel.MS_REC)
+
+
+def _writable_tmp(plan: SandboxPlan) -> None:
+    """The function's ``/tmp`` (``/dev/shm`` is a link to it: one cap for both), with the
+    folders it needs from the node's ``/tmp`` (Python packages there) bound inside it."""
+    flags = kernel.MS_NOSUID | kernel.MS_NODEV
+    tmp = _in_root(plan, TMP)
+    kernel.mount("tmpfs", tmp, "tmpfs", flags, f"mode=1777,size={plan.tmp_mb}m")
+    for path in plan.visible_paths():
+        if _under(path, TMP):
+            _bind_read_only(plan, path)
 
 
 def _pivot(plan: SandboxPlan) -> None:
     os.mkdir(f"{plan.stage}/{OLD_ROOT}")
-    _in_root(plan, TMP)
     kernel.pivot_root(plan.stage, f"{plan.stage}/{OLD_ROOT}")
     os.chdir("/")
     kernel.umount(f"/{OLD_ROOT}", kernel.MNT_DETACH)
@@ -182,13 +210,10 @@ def _pivot(plan: SandboxPlan) -> None:
 
 
 def _read_only(plan: SandboxPlan) -> None:
+    """Everything read-only and without set-uid programs; then ``/tmp`` alone (not what is
+    bound below it) writable again."""
     kernel.set_mount_attributes("/", kernel.MOUNT_ATTR_RDONLY | kernel.MOUNT_ATTR_NOSUID)
-
-
-def _writable_tmp(plan: SandboxPlan) -> None:
-    flags = kernel.MS_NOSUID | kernel.MS_NODEV
-    kernel.mount("tmpfs", TMP, "tmpfs", flags, f"mode=1777,size={plan.tmp_mb}m")
-    kernel.mount("tmpfs", SHM, "tmpfs", flags, f"mode=1777,size={plan.tmp_mb}m")
+    kernel.set_mount_attributes(TMP, 0, kernel.MOUNT_ATTR_RDONLY, recursive=False)
 
 
 _MOUNT_STEPS: list[tuple[str, Callable[[SandboxPlan], None]]] = [
@@ -198,10 +223,14 @@ _MOUNT_STEPS: list[tuple[str, Callable[[SandboxPlan], None]]] = [
     ("/dev", _dev),
     ("/proc", _proc),
     ("/sys", _sys),
+    ("the function's /tmp", _writable_tmp),
     ("pivot_root", _pivot),
     ("read-only root", _read_only),
-    ("writable /tmp", _writable_tmp),
 ]
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + "/")
 
 
 def _in_root(plan: SandboxPlan, path: str) -> str:

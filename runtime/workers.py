@@ -250,7 +250,7 @@ class WorkerSet:
         if link.kill_reason:
             how = f"was killed because {link.kill_reason}"
         if sandbox is not None and sandbox.worker_ended(link.token):
-            how = f"ran out of memory (memory_mb {self.spec.memory_mb})"
+            how = f"ran out of memory (hit its memory_mb limit of {self.spec.memory_mb} MiB)"
         running = self.pool.state is PoolState.RUNNING
         if calls:
             self.stats.crashes += 1

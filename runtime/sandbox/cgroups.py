@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -57,18 +58,23 @@ class Cgroups(Protocol):
     def oom_kills(self, group: str) -> int: ...
 
 
-def kill_all(cgroups: Cgroups, group: str, rounds: int = 50) -> bool:
+def kill_all(cgroups: Cgroups, group: str, within_s: float = 1.0) -> bool:
     """SIGKILL every process of ``group`` (a worker's leftovers, a fork bomb) until none is
-    left; True when it is empty. A process forking as fast as it can is outpaced: each round
-    kills every process the group has, and the group's ``pids`` cap bounds the new ones."""
-    for _ in range(rounds):
+    left, for at most ``within_s``; True when it is empty. A process forking as fast as it
+    can is outpaced: each round kills every process the group has, and the group's ``pids``
+    cap bounds the new ones. Blocks its caller: an empty group (the common case) costs one
+    read."""
+    deadline = time.monotonic() + within_s
+    while True:
         found = cgroups.pids(group)
         if not found:
             return True
+        if time.monotonic() > deadline:
+            return False
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-    return not cgroups.pids(group)
+        time.sleep(0.002)  # let the killed processes leave the group
 
 
 def clear_stale(parent: Path, prefix: str) -> None:

@@ -70,7 +70,7 @@ class SandboxPlan:
         another (their parent's bind carries them)."""
         wanted = [*self.system_paths, *self.python_paths]
         kept: list[str] = []
-        for path in sorted({os.path.normpath(p) for p in wanted}, key=len):
+        for path in sorted({os.path.normpath(p) for p in wanted}, key=lambda p: (len(p), p)):
             if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
                 kept.append(path)
         return kept

@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import os
+import socket
 import subprocess
 import tarfile
 import threading
@@ -197,6 +198,7 @@ class Mesh:
     workdir: Path
     project: Path
     nodes: list[NodeProcess] = field(default_factory=list)
+    sandbox: str = "auto"  # the nodes' --sandbox
 
     def args(self) -> list[str]:
         return [
@@ -204,6 +206,7 @@ class Mesh:
             "--key-prefix", self.prefix,
             "--signing-key", str(self.key),
             "--trusted-keys", str(self.pub),
+            "--sandbox", self.sandbox,
         ]  # fmt: skip
 
     def start(self, manifest: Path | None = None, *extra: str, wait: bool = True) -> NodeProcess:
@@ -411,10 +414,40 @@ class RoguePeer:
 
 
 class Canary:
-    """Unpickling a canary creates the file ``path`` — proof that something unpickled it."""
+    """Unpickling a canary connects to ``port`` on 127.0.0.1 (a :class:`Knocks` counts the
+    connections) and comes out as None — proof that something unpickled it, which works from
+    inside a sandbox too (host network), where the test's files are out of sight."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, port: int) -> None:
+        self.port = port
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.path,))
+        code = f"__import__('socket').create_connection(('127.0.0.1', {self.port}), 5).close()"
+        return (eval, (code,))
+
+
+class Knocks:
+    """A TCP listener on 127.0.0.1 that counts the connections it accepts (a canary's)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+            self.count += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()

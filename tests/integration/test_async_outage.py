@@ -49,6 +49,9 @@ def test_calls_running_across_a_redis_outage_longer_than_a_lease_finish_once_eac
     redis_prefix: str,
 ) -> None:
     mesh = outage_mesh
+    # The function records its runs in the tests' Redis, through its Unix socket in the
+    # test's folder: a sandbox hides both (on purpose), so this node runs without one.
+    mesh.sandbox = "off"
     runs_list = f"{redis_prefix}:async-runs:ledger"
     manifest = write_async_function(
         mesh,

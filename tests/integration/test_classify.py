@@ -43,6 +43,7 @@ from tests.functions.test_classify import (
 from tests.integration.classify_helpers import (
     CAMERA_PATH,
     FUNCTION,
+    PROBE_ARGS,
     App,
     classify_app,
     from_many_clients,
@@ -124,7 +125,7 @@ def test_heldout_accuracy_with_batching_under_concurrent_clients(
     start_node: StartNode, tmp_path: Path
 ) -> None:
     app = classify_app(tmp_path, batch=BATCH, pool="{min: 1, max: 2}", probe=True)
-    node = start_ready(start_node, app.manifest)
+    node = start_ready(start_node, app.manifest, *PROBE_ARGS)
     expected = alone(node, PNGS)
     lone_calls = sum(len(batch) for batch in app.batches())
 
@@ -181,7 +182,7 @@ def test_one_bad_image_among_concurrent_good_ones_fails_only_its_own_call(
     start_node: StartNode, tmp_path: Path
 ) -> None:
     app = classify_app(tmp_path, batch=BATCH, probe=True)
-    node = start_ready(start_node, app.manifest)
+    node = start_ready(start_node, app.manifest, *PROBE_ARGS)
     pids = pool(node, FUNCTION)["worker_pids"]
     bad = {  # client → (its bad call, the answer it must get)
         0: ((b"hello, camera", "image/jpeg"), 400, "request body is not an image"),

@@ -34,6 +34,7 @@ from tests.integration.mesh_helpers import (
     MISSING_MODULE,
     CallLoop,
     Canary,
+    Knocks,
     Mesh,
     RoguePeer,
     StartNode,
@@ -60,7 +61,9 @@ MEMBERSHIP_BOUND_S = 3.0  # the issue's bound for a dead node to drop out
 MEMBERSHIP_MARGIN_S = 6.0  # what the test allows, for a loaded CI machine
 
 
-def new_mesh(start_node: StartNode, tmp_path: Path, redis_url: str, prefix: str) -> Mesh:
+def new_mesh(
+    start_node: StartNode, tmp_path: Path, redis_url: str, prefix: str, sandbox: str = "auto"
+) -> Mesh:
     key, pub = generate_key_pair(tmp_path / "keys")
     workdir = tmp_path / "empty"
     workdir.mkdir()
@@ -73,6 +76,7 @@ def new_mesh(start_node: StartNode, tmp_path: Path, redis_url: str, prefix: str)
         mesh_key=secrets.token_hex(16),
         workdir=workdir,
         project=tmp_path / "project",
+        sandbox=sandbox,
     )
 
 
@@ -267,8 +271,8 @@ def test_a_refused_twin_leaves_the_live_nodes_record_alone(mesh: Mesh) -> None:
 # -------------------------------------------------------------------------- refused bundles
 
 
-def canary_callable(marker: Path) -> object:
-    canary = Canary(marker)
+def canary_callable(port: int) -> object:
+    canary = Canary(port)
 
     def answer(event: object) -> dict[str, object]:
         return {"version": "pickled", "canary": canary}
@@ -322,15 +326,16 @@ def test_tampered_and_untrusted_bundles_are_refused_and_the_old_version_serves(
     assert_not_held(node, fresh.digest)
 
     # A cloudpickled callable whose signature is a valid one, of another digest.
-    canary = tmp_path / "unpickled"
-    pickled = build_callable_bundle(canary_callable(canary), NAME)
+    knocks = Knocks()
+    pickled = build_callable_bundle(canary_callable(knocks.port), NAME)
     forged = SigningKey.load(mesh.key).sign_digest(held.digest)
     reply = put_bundle(node, pickled.digest, pickled.data, forged, SigningKey.load(mesh.key).key_id)
     assert_refused(reply, "signature does not match")
     assert_not_held(node, pickled.digest)
     deploy = deploy_request(node, pickled.digest)
     assert deploy.status_code == 404, deploy.text
-    assert not canary.exists(), "the forged pickle was unpickled"
+    knocks.close()
+    assert knocks.count == 0, "the forged pickle was unpickled"
     assert version_of(node, NAME) == "v1"
     assert digests_by_node(node, NAME) == {"test0": held.digest}
 
@@ -611,8 +616,8 @@ def test_rm_removes_everywhere_and_rollback_brings_versions_back(mesh: Mesh) -> 
 
 def test_deploy_callable_ships_a_closure_that_every_node_serves(mesh: Mesh, tmp_path: Path) -> None:
     nodes = mesh.start_many(3, None)
-    marker = tmp_path / "unpickled"
-    canary = Canary(marker)
+    knocks = Knocks()
+    canary = Canary(knocks.port)
     greeting = "hello from a closure"
 
     entry = deploy_callable(
@@ -626,9 +631,10 @@ def test_deploy_callable_ships_a_closure_that_every_node_serves(mesh: Mesh, tmp_
     for node in nodes:
         reply = httpx.post(f"{node.url}/function/greet", content=b"hi", timeout=10)
         assert reply.status_code == 200, reply.text
-        # The canary comes out of the pickle as None: what Path.touch returned.
+        # The canary comes out of the pickle as None: what its connection's close returned.
         assert reply.json() == {"greeting": greeting, "body": "hi", "canary": None}
-    assert marker.exists()  # the canary works: a node did unpickle it
+    knocks.close()
+    assert knocks.count >= 1  # the canary works: a node did unpickle it
     digests = set(digests_by_node(nodes[0], "greet").values())
     assert digests == {entry["digest"]}
 

@@ -33,9 +33,15 @@ MANIFEST = """\
 
 
 def start_with_pools(start_node: StartNode, tmp_path: Path) -> NodeProcess:
-    """A node whose group holds the gateway, two zygotes and three workers."""
+    """A node whose group holds the gateway, two zygotes and three workers — and, when the
+    node sandboxes its functions, each zygote's keeper."""
     node = start_node(write_manifest(tmp_path, MANIFEST), "--grace-s", "10")
-    wait_for(lambda: len(group_members(node.pgid)) == 6, what="gateway, 2 zygotes, 3 workers")
+    sandboxed = httpx.get(node.url + "/readyz", timeout=10).json()["sandbox"]["active"]
+    expected = 8 if sandboxed else 6
+    wait_for(
+        lambda: len(group_members(node.pgid)) == expected,
+        what=f"gateway, 2 zygotes, 3 workers{' and 2 keepers' if sandboxed else ''}",
+    )
     return node
 
 

@@ -39,6 +39,7 @@ bench: $(VENV)/.test  # the vision benchmark builds its model with onnx (test ex
 	$(BIN)/python -m bench.spill
 	$(BIN)/python -m bench.asyncq
 	$(BIN)/python -m bench.vision
+	$(BIN)/python -m bench.sandbox
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -90,8 +90,10 @@ def measure(
     for connections in CONNECTIONS:
         for url in urls.values():  # warm-up
             run_load(url, connections, 1.0, BODY)
-        for _ in range(rounds):
-            for name, url in urls.items():
+        servers = list(urls.items())
+        for i in range(rounds):  # each round in another order: no server always goes first
+            shift = i % len(servers)
+            for name, url in servers[shift:] + servers[:shift]:
                 results.setdefault((name, connections), []).append(
                     run_load(url, connections, duration_s, BODY)
                 )

@@ -102,6 +102,11 @@ def cli_command() -> list[str]:
     return [sys.executable, "-c", "from gateway.cli.main import main; main()"]
 
 
+def up_command(port: int, data_dir: Path, name: str) -> list[str]:
+    """``edgefaas up`` on ``port`` with its own data dir and node name."""
+    return [*cli_command(), "up", "--port", str(port), "--data-dir", str(data_dir), "--node", name]
+
+
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     """Factory: ``start_node(manifest, *extra_args, env={...})`` starts a node on a free port
@@ -118,16 +123,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
         port = free_port()
         data_dir = tmp_path / f"node-{len(nodes)}"
         log_path = tmp_path / f"node-{len(nodes)}.log"
-        command = [
-            *cli_command(),
-            "up",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--node",
-            f"test{len(nodes)}",
-        ]
+        command = up_command(port, data_dir, f"test{len(nodes)}")
         if manifest is not None:
             command += ["--manifest", str(manifest)]
         command += list(args)

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import REPO, NodeProcess, cli_command, free_port, wait_for
+from tests.conftest import REPO, NodeProcess, free_port, up_command, wait_for
+from tests.integration.test_node import pool
 
 pytestmark = [
     pytest.mark.slow,
@@ -89,20 +90,7 @@ def launch(
     port = free_port()
     data_dir = folder / f"{name}-data"
     log_path = folder / f"{name}.log"
-    command = [
-        *prefix,
-        *cli_command(),
-        "up",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--node",
-        name,
-        "--manifest",
-        str(manifest),
-        *args,
-    ]
+    command = [*prefix, *up_command(port, data_dir, name), "--manifest", str(manifest), *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFAAS_")}
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (REPO, *pythonpath))
     with open(log_path, "wb") as log_file:
@@ -205,15 +193,6 @@ def call(node: NodeProcess, function: str, timeout_s: float = 20, **query: Any) 
 def probe(node: NodeProcess, function: str, do: str, **query: Any) -> dict[str, Any]:
     """Run one probe of the hostile function; it must answer 200."""
     response = call(node, function, do=do, **query)
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
-
-
-def pool(node: NodeProcess, name: str) -> dict[str, Any]:
-    response = httpx.get(
-        f"{node.url}/system/functions/{name}", headers=node.admin_headers(), timeout=10
-    )
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result

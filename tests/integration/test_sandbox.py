@@ -444,7 +444,7 @@ def test_a_worker_over_memory_mb_is_killed_alone(boxed: NodeProcess, control: No
     assert response.status_code == 502, response.text
     message = response.json()["error"]["message"]
     assert "ran out of memory" in message
-    assert "memory_mb 100" in message
+    assert "memory_mb limit of 100 MiB" in message
 
     after = ready_workers(boxed, "tight", 2)
     assert len(set(before) & set(after)) == 1  # its sibling lives on

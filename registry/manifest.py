@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from registry import defaults
-from registry.asyncspec import ASYNC_KEYS, async_fault
+from registry.asyncspec import ASYNC_KEYS, Fault, async_fault
 from registry.errors import ManifestError
 from registry.sandboxspec import SANDBOX_KEYS, SandboxSpec, sandbox_fault
 from registry.specs import (
@@ -308,21 +308,28 @@ class _Checker:
 
     def async_policy(self, given: dict[str, _Given]) -> AsyncSpec:
         """The async policy; its rules live in :mod:`registry.asyncspec`."""
-        for key in ASYNC_KEYS:
-            item = given[f"async.{key}"]
-            fault = async_fault(key, item.value)
-            if fault is not None:
-                raise self.invalid(f"{item.path}{fault.at}", fault.expected, fault.value)
-        return AsyncSpec.from_dict({key: given[f"async.{key}"].value for key in ASYNC_KEYS})
+        return AsyncSpec.from_dict(self.checked_group(given, "async", ASYNC_KEYS, async_fault))
 
     def sandbox(self, given: dict[str, _Given]) -> SandboxSpec:
         """The sandbox settings; their rules live in :mod:`registry.sandboxspec`."""
-        for key in SANDBOX_KEYS:
-            item = given[f"sandbox.{key}"]
-            fault = sandbox_fault(key, item.value)
+        values = self.checked_group(given, "sandbox", SANDBOX_KEYS, sandbox_fault)
+        return SandboxSpec.from_dict(values)
+
+    def checked_group(
+        self,
+        given: dict[str, _Given],
+        group: str,
+        keys: tuple[str, ...],
+        fault_of: Callable[[str, object], Fault | None],
+    ) -> dict[str, object]:
+        """The values of ``group.<key>`` for ``keys``, each checked by ``fault_of``; the first
+        fault is reported at the key path (and line) where it was given."""
+        for key in keys:
+            item = given[f"{group}.{key}"]
+            fault = fault_of(key, item.value)
             if fault is not None:
                 raise self.invalid(f"{item.path}{fault.at}", fault.expected, fault.value)
-        return SandboxSpec.from_dict({key: given[f"sandbox.{key}"].value for key in SANDBOX_KEYS})
+        return {key: given[f"{group}.{key}"].value for key in keys}
 
     def env(self, value: object, path: str) -> dict[str, str]:
         env: dict[str, str] = {}

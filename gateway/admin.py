@@ -1,44 +1,121 @@
-"""The admin API under ``/system`` (bearer token) and the open probes.
-
-Endpoint docstrings are OpenAPI fragments; ``/openapi.json`` is generated from them.
+"""The admin API under ``/system`` (bearer token) and the open probes, declared as
+:class:`~gateway.contract.Operation` s: the same declarations check requests and write
+``/openapi.json``.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from gateway.endpoints import admin, json_object, node_of
-from gateway.errors import BadRequest, NotFound
+from gateway.contract import (
+    FUNCTION_NAME,
+    PROMETHEUS,
+    Inputs,
+    Operation,
+    Reply,
+    RequestModel,
+    Whole,
+    operation,
+)
+from gateway.endpoints import node_of
+from gateway.errors import NotFound, Unprocessable
 from gateway.node import Node
 from runtime.pool import WarmPool
 
 
-async def list_functions(request: Request) -> Response:
-    """
-    summary: List the functions on this node with their pools
-    responses:
-      200: {description: "A list of functions: pool state, worker counts, counters."}
-      401: {description: "No bearer token."}
-      403: {description: "Wrong bearer token."}
-    """
+class FunctionView(BaseModel):
+    """A function's pool on this node (the fields OpenFaaS clients read, and more)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    state: str
+    min: int
+    max: int
+    replicas: int
+    availableReplicas: int  # OpenFaaS' name
+    invocationCount: int  # OpenFaaS' name
+    workers: dict[str, int]
+    counters: dict[str, Any]
+    sandbox: dict[str, Any] | None
+
+
+class FunctionDetail(BaseModel):
+    """A function's pool here (when it runs here) and its rollout in the mesh."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    mesh: dict[str, Any]
+
+
+class Replicas(RequestModel):
+    """Keep exactly ``replicas`` warm workers (0: scale to zero)."""
+
+    replicas: Whole = Field(ge=0, le=1000)
+    serviceName: str | None = None  # OpenFaaS' name
+
+
+class Bounds(RequestModel):
+    """Let the autoscaler keep between ``min`` and ``max`` workers (max ≥ min)."""
+
+    min: Whole = Field(ge=0, le=1000)
+    max: Whole = Field(ge=1, le=1000)
+    serviceName: str | None = None  # OpenFaaS' name
+
+
+class Scaled(BaseModel):
+    name: str
+    min: int
+    max: int
+    state: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    functions: dict[str, str]
+    mesh: dict[str, Any]
+    sandbox: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    node: str
+
+
+class NodeInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    node: str
+    role: str
+    url: str
+    sandbox: dict[str, Any]
+
+
+@operation(
+    "GET",
+    "/system/functions",
+    "List the functions on this node with their pools",
+    replies={200: Reply("Each function's pool: state, workers, counters.", list[FunctionView])},
+)
+async def list_functions(request: Request, inputs: Inputs) -> Response:
     return JSONResponse([_with_openfaas_fields(p) for p in node_of(request).supervisor.snapshot()])
 
 
-async def get_function(request: Request) -> Response:
-    """
-    summary: One function's pool state, counters, last error, and its rollout in the mesh
-    responses:
-      200: {description: "The function's pool here, its desired version and each node's state."}
-      404: {description: "No such function on this node or in its mesh."}
-    """
+@operation(
+    "GET",
+    "/system/functions/{name}",
+    "One function's pool state, counters, last error, and its rollout in the mesh",
+    params={"name": FUNCTION_NAME},
+    replies={200: Reply("The function's pool here, its desired version and each node's state.",
+                        FunctionDetail)},
+    errors=(404,),
+)  # fmt: skip
+async def get_function(request: Request, inputs: Inputs) -> Response:
     node = node_of(request)
-    name = request.path_params["name"]
+    name = inputs.path["name"]
     pool = node.supervisor.pools.get(name)
     view: dict[str, Any] = _with_openfaas_fields(pool.snapshot()) if pool else {"name": name}
     view["mesh"] = await _mesh_view(node, name)
@@ -62,55 +139,71 @@ async def _mesh_view(node: Node, name: str) -> dict[str, Any]:
     }
 
 
-async def scale_function(request: Request) -> Response:
-    """
-    summary: Set a function's pool bounds
-    description: >
-      Body {"replicas": n} keeps exactly n warm workers (n = 0 scales to zero; calls then
-      start a worker on demand), or {"min": a, "max": b} sets the autoscaler's bounds.
-      Scaling a FATAL function gives it a fresh start.
-    responses:
-      202: {description: "The new bounds."}
-      400: {description: "Bad body."}
-      404: {description: "No such function on this node."}
-    """
-    pool = _pool(request)
-    body = await json_object(request)
-    low, high = _bounds(body, pool.name, pool.max)
-    pool.scale(low, high, exact="replicas" in body)
+@operation(
+    "POST",
+    "/system/scale-function/{name}",
+    "Set a function's pool bounds",
+    description='Body {"replicas": n} keeps exactly n warm workers (n = 0 scales to zero; '
+    'calls then start a worker on demand), or {"min": a, "max": b} sets the autoscaler\'s '
+    "bounds (max ≥ min). Scaling a FATAL function gives it a fresh start.",
+    params={"name": FUNCTION_NAME},
+    body=Replicas | Bounds,
+    replies={202: Reply("The new bounds.", Scaled)},
+    errors=(404, 422),
+)
+async def scale_function(request: Request, inputs: Inputs) -> Response:
+    pool = _pool(request, inputs.path["name"])
+    given: Replicas | Bounds = inputs.body
+    if given.serviceName is not None and given.serviceName != pool.name:
+        raise Unprocessable(f"body.serviceName: {given.serviceName!r} does not match {pool.name!r}")
+    if isinstance(given, Replicas):
+        pool.scale(given.replicas, given.replicas or pool.max, exact=True)
+    elif given.max < given.min:
+        raise Unprocessable(f"body.max: expected an integer ≥ min ({given.min}), got {given.max}")
+    else:
+        pool.scale(given.min, given.max)
     return JSONResponse(
         {"name": pool.name, "min": pool.min, "max": pool.max, "state": pool.state.value},
         status_code=202,
     )
 
 
-async def system_info(request: Request) -> Response:
-    """
-    summary: This node's name, role, manifest and uptime
-    responses:
-      200: {description: "Node information."}
-    """
+@operation(
+    "GET",
+    "/system/info",
+    "This node's name, role, manifest, sandbox and uptime",
+    replies={200: Reply("Node information.", NodeInfo)},
+)
+async def system_info(request: Request, inputs: Inputs) -> Response:
     return JSONResponse(node_of(request).info())
 
 
-async def healthz(request: Request) -> Response:
-    """
-    summary: Liveness; 200 while the gateway answers
-    responses:
-      200: {description: "The gateway is alive."}
-    """
+@operation(
+    "GET",
+    "/healthz",
+    "Liveness; 200 while the gateway answers",
+    auth="none",
+    tag="probes",
+    replies={200: Reply("The gateway is alive.", Health)},
+)
+async def healthz(request: Request, inputs: Inputs) -> Response:
     return JSONResponse({"status": "ok", "node": node_of(request).name})
 
 
-async def readyz(request: Request) -> Response:
-    """
-    summary: Readiness; 200 when every pool runs with at least its minimum of workers
-    description: A node whose mesh (Redis) is unreachable still serves, so it stays ready;
-      "mesh" in the body says it is degraded.
-    responses:
-      200: {description: "Ready."}
-      503: {description: "Some pool is starting, backing off or fatal."}
-    """
+@operation(
+    "GET",
+    "/readyz",
+    "Readiness; 200 when every pool runs with at least its minimum of workers",
+    description="A node whose mesh (Redis) is unreachable still serves, so it stays ready; "
+    '"mesh" in the body says it is degraded, "sandbox" whether functions are sandboxed.',
+    auth="none",
+    tag="probes",
+    replies={
+        200: Reply("Ready.", Ready),
+        503: Reply("Some pool is starting, backing off or fatal.", Ready),
+    },
+)
+async def readyz(request: Request, inputs: Inputs) -> Response:
     node = node_of(request)
     pools = {p["name"]: p["state"] for p in node.supervisor.snapshot()}
     ready = node.supervisor.ready()
@@ -123,54 +216,23 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-async def metrics(request: Request) -> Response:
-    """
-    summary: Prometheus metrics
-    responses:
-      200: {description: "Metrics in the Prometheus text format."}
-    """
-    return Response(
-        node_of(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )
+@operation(
+    "GET",
+    "/metrics",
+    "Prometheus metrics",
+    auth="none",
+    tag="probes",
+    replies={200: Reply("Metrics in the Prometheus text format.", media=PROMETHEUS)},
+)
+async def metrics(request: Request, inputs: Inputs) -> Response:
+    return Response(node_of(request).metrics.render(), media_type=PROMETHEUS)
 
 
-def _pool(request: Request) -> WarmPool:
-    name = request.path_params["name"]
+def _pool(request: Request, name: str) -> WarmPool:
     pool = node_of(request).supervisor.pools.get(name)
     if pool is None:
         raise NotFound(f"no function named {name!r} on this node")
     return pool
-
-
-def _bounds(body: dict[str, Any], name: str, current_max: int) -> tuple[int, int]:
-    unknown = set(body) - {"replicas", "min", "max", "serviceName"}
-    if unknown:
-        raise BadRequest(
-            f"body: unknown key {sorted(unknown)[0]!r}; expected replicas, or min and max"
-        )
-    if "serviceName" in body and body["serviceName"] != name:
-        raise BadRequest(f"body.serviceName: {body['serviceName']!r} does not match {name!r}")
-    if "replicas" in body:
-        if "min" in body or "max" in body:
-            raise BadRequest("body: give either replicas, or min and max, not both")
-        replicas = _count(body, "replicas", 0)
-        return replicas, (replicas if replicas else current_max)
-    if "min" not in body or "max" not in body:
-        raise BadRequest("body: expected replicas, or both min and max")
-    low = _count(body, "min", 0)
-    high = _count(body, "max", 1)
-    if high < low:
-        raise BadRequest(f"body.max: expected an integer ≥ min ({low}), got {high}")
-    return low, high
-
-
-def _count(body: dict[str, Any], key: str, least: int) -> int:
-    value = body[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < least or value > 1000:
-        raise BadRequest(
-            f"body.{key}: expected an integer from {least} to 1000, got {json.dumps(value)}"
-        )
-    return value
 
 
 def _with_openfaas_fields(pool: dict[str, Any]) -> dict[str, Any]:
@@ -182,13 +244,12 @@ def _with_openfaas_fields(pool: dict[str, Any]) -> dict[str, Any]:
     return pool
 
 
-def routes() -> list[Route]:
-    return [
-        Route("/system/functions", admin(list_functions), methods=["GET"]),
-        Route("/system/functions/{name}", admin(get_function), methods=["GET"]),
-        Route("/system/scale-function/{name}", admin(scale_function), methods=["POST"]),
-        Route("/system/info", admin(system_info), methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ]
+OPERATIONS: list[Operation] = [
+    list_functions,
+    get_function,
+    scale_function,
+    system_info,
+    healthz,
+    readyz,
+    metrics,
+]

@@ -11,12 +11,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
-from starlette.schemas import SchemaGenerator
+from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin
+from gateway import admin, api_pages, contract, openapi
+from gateway.endpoints import guard
 from gateway.errors import error_response, internal_error_response
 from gateway.invoke import Invoker
 from gateway.jobs import routes as job_routes
@@ -29,22 +29,13 @@ from runtime.responses import error_body
 
 log = logging.getLogger("edgefaas.gateway")
 
-FUNCTION_PATHS = {
-    "/function/{name}": {
-        "summary": "Call a function synchronously",
-        "description": "Any method. The body, headers and query reach the handler; its "
-        "return value is the response.",
-    },
-    "/function/{name}/{rest}": {
-        "summary": "Call a function with a sub-path (the handler sees /{rest})",
-    },
-    "/async-function/{name}": {
-        "summary": "Call a function asynchronously: 202 and X-Call-Id at once",
-        "description": "Optional X-Callback-Url (checked against --callback-allow), "
-        "X-Call-Id (1-64 of A-Z a-z 0-9 _ -; the same id twice is one call) and "
-        "X-Idempotency-Key (passed to the function; default: the call id).",
-    },
-}
+# Every operation of the node's own routes (the function paths are the Gateway's).
+OPERATIONS = [
+    *admin.OPERATIONS,
+    *mesh_api.OPERATIONS,
+    *records_api.OPERATIONS,
+    *job_routes.OPERATIONS,
+]
 
 
 class Gateway:
@@ -100,24 +91,10 @@ def create_app(node: Node) -> Gateway:
         finally:
             await node.close()
 
-    routes: list[BaseRoute] = [
-        *admin.routes(),
-        *mesh_api.routes(),
-        *records_api.routes(),
-        *job_routes.routes(),
-    ]
-    schema = SchemaGenerator(
-        {"openapi": "3.0.0", "info": {"title": "edgefaas gateway", "version": "1"}}
-    )
-
-    async def openapi(request: Request) -> Response:
-        document = schema.get_schema(routes)
-        for path, doc in FUNCTION_PATHS.items():
-            document.setdefault("paths", {})[path] = {"post": doc}
-        return JSONResponse(document)
-
-    routes.append(Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False))
+    operations = [*OPERATIONS, *api_pages.OPERATIONS]
+    routes: list[BaseRoute] = [*contract.routes(operations, guard)]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_handlers())
+    app.state.openapi = openapi.document(operations)
     app.state.node = node
     return Gateway(node, app)
 

@@ -8,13 +8,19 @@ reuse it. The token itself is never logged.
 from __future__ import annotations
 
 import hmac
+import math
 import os
 import secrets
+import time
+from collections import OrderedDict, deque
 from pathlib import Path
 
 from starlette.requests import Request
 
-from gateway.errors import Forbidden, Unauthorized
+from gateway.errors import Forbidden, TooManyLogins, Unauthorized
+
+FAILURE_WINDOW_S = 60.0
+ADDRESSES_TRACKED = 10_000
 
 TOKEN_FILE = "admin-token"  # noqa: S105 (a file name, not a secret)
 
@@ -53,3 +59,44 @@ def check_bearer(request: Request, token: str) -> None:
         raise Unauthorized("admin route: the Authorization header must be 'Bearer <token>'")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise Forbidden("admin route: the token is not valid for this node")
+
+
+class LoginGuard:
+    """Counts failed admin logins — a wrong token; a request without one is no attempt, and
+    gets 401 — per client address. Beyond ``allowed`` within ``FAILURE_WINDOW_S``, a
+    wrong token from that address is answered 429 with
+    ``Retry-After`` — the right token is still accepted, so an admin is never locked out by
+    someone else's guessing (the token is 256 random bits: the limit spares the node's log and
+    CPU, and tells a client it is being refused). Memory is bounded: the least recently
+    failing addresses are forgotten first."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def check(self, request: Request, token: str) -> None:
+        address = request.client.host if request.client else "?"
+        try:
+            check_bearer(request, token)
+        except Forbidden:
+            retry_after = self._failed(address, time.monotonic())
+            if retry_after is not None:
+                raise TooManyLogins(
+                    f"admin route: too many failed logins from {address}; try again in "
+                    f"{retry_after} s",
+                    retry_after,
+                ) from None
+            raise
+
+    def _failed(self, address: str, now: float) -> int | None:
+        """Count a failure; seconds until the address may fail again, when over the limit."""
+        failures = self._failures.pop(address, None) or deque(maxlen=self.allowed + 1)
+        failures.append(now)
+        self._failures[address] = failures
+        while len(self._failures) > ADDRESSES_TRACKED:
+            self._failures.popitem(last=False)
+        while failures and failures[0] < now - FAILURE_WINDOW_S:
+            failures.popleft()
+        if len(failures) <= self.allowed:
+            return None
+        return max(1, math.ceil(failures[0] + FAILURE_WINDOW_S - now))

@@ -55,8 +55,23 @@ class PayloadTooLarge(GatewayError, status=413, code="payload_too_large"):
     """A body over its limit (read no further than the limit)."""
 
 
+class UnsupportedMediaType(GatewayError, status=415, code="unsupported_media_type"):
+    """A body of a type the route does not take."""
+
+
 class Unprocessable(GatewayError, status=422, code="bundle_rejected"):
     """A bundle that fails verification or holds an unsafe archive."""
+
+
+class TooManyLogins(GatewayError, status=429, code="too_many_logins"):
+    """Too many failed admin logins from one address; ``retry_after_s`` says when to try."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> Headers:
+        return [(b"retry-after", str(self.retry_after_s).encode())]
 
 
 class MeshUnavailable(GatewayError, status=503, code="mesh_unavailable"):

@@ -31,6 +31,7 @@ from gateway.errors import (
 )
 from gateway.mesh.forward import DIGEST_HEADER, HOP_HEADER, REFUSED_HEADER
 from gateway.mesh.router import Outgoing, signed_target
+from registry.defaults import HTTP_METHODS
 from registry.errors import MeshAuthError
 from registry.meshauth import NONCE_HEADER, ReplayGuard, verify_request
 from runtime.errors import Headers, Overloaded, RuntimeFailure, Unavailable
@@ -340,10 +341,12 @@ def _refused_if(forwarded: bool, error: GatewayError) -> Exception:
 
 
 def check_target(scope: Scope, path: str, methods: tuple[str, ...] | None) -> None:
-    """Refuse a call's path with dot segments, and a method its trigger does not take."""
+    """Refuse a call's path with dot segments, and a method its trigger does not take (a
+    function's own path takes the methods of :data:`HTTP_METHODS`: not TRACE or CONNECT)."""
     if "/." in scope["path"]:
         _refuse_dot_segments(scope["path"])
-    if methods is not None and scope["method"] not in methods:
+    methods = HTTP_METHODS if methods is None else methods
+    if scope["method"] not in methods:
         raise MethodNotAllowed(
             f"{path} accepts {', '.join(methods)}, not {scope['method']}", methods
         )

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.auth import load_or_create_token, token_path
+from gateway.auth import LoginGuard, load_or_create_token, token_path
 from gateway.calllog import CallLog
 from gateway.invoke import CallIds
 from gateway.jobs.service import AsyncCalls
@@ -67,6 +67,7 @@ class Node:
         self.metrics.watch_pools(self.supervisor.snapshot)
         self.metrics.watch_sandboxes(self.sandboxes.usage_by_function)
         self.call_ids = CallIds()
+        self.logins = LoginGuard(settings.login_failures)  # failed admin logins, by address
         self.call_log = CallLog() if settings.call_log else None
         self.recorder = Recorder(
             self.name,

@@ -16,6 +16,7 @@ import uvicorn
 import uvloop
 
 from gateway.app import create_app
+from gateway.connections import uvicorn_options
 from gateway.errors import GatewayError, StartupFailed
 from gateway.node import Node
 from gateway.settings import Settings
@@ -64,13 +65,15 @@ async def serve(settings: Settings, manifest: Manifest | None) -> None:
         create_app(node),
         host=settings.host,
         port=settings.port,
-        http="httptools",
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
         proxy_headers=False,  # the node reads no client addresses; this saves a layer per call
         timeout_graceful_shutdown=int(settings.grace_s + 0.999),
+        **uvicorn_options(
+            settings.header_timeout_s, settings.keep_alive_s, settings.max_connections
+        ),
     )
     server = NodeServer(config, node)
     try:

@@ -112,6 +112,22 @@ class Settings:
         UP,
     )
     grace_s: float = setting(30.0, "on SIGTERM, how long in-flight calls may finish", UP)
+    header_timeout_s: float = setting(
+        10.0,
+        "a connection that has not sent a request's headers this long after it opened (or the "
+        "request began) gets 408 and is closed",
+        UP,
+    )
+    keep_alive_s: float = setting(5.0, "an idle keep-alive connection is closed after this", UP)
+    max_connections: int = setting(
+        4096, "open connections at most; a new one beyond gets 503 and is closed", UP
+    )
+    login_failures: int = setting(
+        10,
+        "wrong admin tokens allowed per client address and minute; beyond, 429 (the right "
+        "token still works)",
+        UP,
+    )
     sandbox: str = setting(
         "auto",
         "auto, strict or off: each function in a sandbox of its own (auto: when the node "
@@ -254,6 +270,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "role": (lambda v: v in ("edge", "cloud"), "expected edge or cloud"),
     "sandbox": (lambda v: v in ("auto", "strict", "off"), "expected auto, strict or off"),
+    "header_timeout_s": (lambda v: 0.1 <= v <= 3600, "expected seconds from 0.1 to 3600"),
+    "keep_alive_s": (lambda v: 0.1 <= v <= 3600, "expected seconds from 0.1 to 3600"),
+    "max_connections": (lambda v: 16 <= v <= 1_000_000, "expected an integer from 16 to 1000000"),
+    "login_failures": (lambda v: 1 <= v <= 1_000_000, "expected an integer from 1 to 1000000"),
     "sandbox_uid_base": (
         lambda v: 1000 <= v <= 2**31 - 100_000,
         "expected an integer from 1000 to 2147383648",

@@ -131,7 +131,7 @@ WING_ALLOWS = {
         "gateway.records.buffer",
     ),
 }
-ROUTES_ALSO = ("gateway.endpoints", "gateway.auth")
+ROUTES_ALSO = ("gateway.endpoints", "gateway.contract", "gateway.auth")
 
 
 def within(name: str, prefix: str) -> bool:

@@ -12,6 +12,6 @@ workers of any node that runs the function, retried, dead-lettered, never lost.
 
 May import :mod:`runtime`, :mod:`registry`, the front door's errors, metrics and call path
 (:mod:`gateway.invoke`: async calls pass the same checks) and the records buffer; only
-``routes`` reaches the node (through :mod:`gateway.endpoints`). Used by
-:class:`gateway.node.Node`, the app, and settings (the ``--callback-allow`` check).
+``routes`` reaches the node (through :mod:`gateway.endpoints` and :mod:`gateway.contract`).
+Used by :class:`gateway.node.Node`, the app, and settings (the ``--callback-allow`` check).
 """

@@ -4,17 +4,26 @@ dead letters and their redrive."""
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from gateway.endpoints import admin, json_object, node_of
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.contract import (
+    CALL_ID,
+    FUNCTION_NAME,
+    Inputs,
+    Operation,
+    QueryModel,
+    Reply,
+    RequestModel,
+    operation,
+)
+from gateway.endpoints import node_of
+from gateway.errors import Conflict, NotFound
 from gateway.jobs import layout
-from gateway.jobs.accept import JOB_ID
 from gateway.jobs.layout import shown_status
 from gateway.jobs.service import AsyncCalls
 from registry import defaults
@@ -24,40 +33,76 @@ from runtime.event import parse_header_block
 MAX_LISTED = 1000
 
 
+class CallView(BaseModel):
+    """An asynchronous call as ``GET /system/calls/{id}`` shows it."""
+
+    model_config = ConfigDict(extra="allow")
+    call_id: str
+    function: str
+    status: str
+    attempts: int
+    result: dict[str, Any] | None
+
+
+class Canceled(BaseModel):
+    call_id: str
+    status: str
+
+
+class DeadLetters(BaseModel):
+    count: int
+    dead_letters: list[dict[str, Any]]
+
+
+class DeadLettersQuery(QueryModel):
+    limit: Annotated[int, Field(ge=1, le=MAX_LISTED)] = 100
+
+
+class Redrive(RequestModel):
+    """The dead letters to put back (default: every one of the function)."""
+
+    call_ids: list[Annotated[str, Field(pattern=f"^{CALL_ID.pattern}$")]] | None = None
+
+
+class Redriven(BaseModel):
+    redriven: int
+
+
 def _calls(request: Request) -> AsyncCalls:
     return node_of(request).async_calls
 
 
-def _job_id(request: Request) -> str:
-    job_id: str = request.path_params["call_id"]
-    if not JOB_ID.fullmatch(job_id):
-        raise BadRequest(f"{job_id[:80]!r}: a call id takes 1–64 of A–Z a–z 0–9 _ -")
-    return job_id
-
-
-async def get_call(request: Request) -> Response:
-    """
-    summary: An asynchronous call's status, timing, node, attempts and (once finished) result
-    responses:
-      200: {description: "status: queued, started, finished, failed (retry waits), dead, canceled"}
-      404: {description: "No such call (or its result expired)."}
-    """
-    job_id = _job_id(request)
+@operation(
+    "GET",
+    "/system/calls/{call_id}",
+    "An asynchronous call's status, timing, node, attempts and (once finished) result",
+    description="status: queued, started, finished, failed (a retry waits), dead, canceled.",
+    tag="async",
+    params={"call_id": CALL_ID},
+    replies={200: Reply("The call.", CallView)},
+    errors=(404, 503),
+)
+async def get_call(request: Request, inputs: Inputs) -> Response:
+    job_id = inputs.path["call_id"]
     job = await _redis(_calls(request).store.get(job_id))
     if job is None:
         raise NotFound(f"no async call {job_id!r} (unknown, or its result expired)")
     return JSONResponse(call_view(job_id, job))
 
 
-async def cancel_call(request: Request) -> Response:
-    """
-    summary: Cancel an asynchronous call that has not started
-    responses:
-      200: {description: '{"call_id": ..., "status": "canceled"}'}
-      404: {description: "No such call."}
-      409: {description: "The call has started or ended: it cannot be canceled."}
-    """
-    job_id = _job_id(request)
+@operation(
+    "DELETE",
+    "/async-function/{name}",
+    "Cancel an asynchronous call that has not started",
+    description="Here the path names a call (its X-Call-Id), not a function: other methods on "
+    "this path start an asynchronous call of the function it names.",
+    tag="async",
+    params={"name": CALL_ID},
+    replies={200: Reply("Canceled.", Canceled)},
+    errors=(404, 409, 503),
+)
+async def cancel_call(request: Request, inputs: Inputs) -> Response:
+    job_id = inputs.path["name"]
     status = await _redis(_calls(request).store.cancel(job_id))
     if status == "missing":
         raise NotFound(f"no async call {job_id!r}")
@@ -66,19 +111,11 @@ async def cancel_call(request: Request) -> Response:
     return JSONResponse({"call_id": job_id, "status": "canceled"})
 
 
-async def list_dead_letters(request: Request) -> Response:
-    """
-    summary: "Dead letters (async calls that exhausted their retries or age): one function, or
-      every function of the mesh that has had an async call"
-    responses:
-      200: {description: '{"count": n, "dead_letters": [{call_id, function, failed_at, attempts,
-        last_error}]}'}
-    """
+async def _dead_letters(request: Request, name: str | None, limit: int) -> Response:
     calls = _calls(request)
-    limit = _limit(request)
     letters: list[dict[str, Any]] = []
     count = 0
-    for lane in await _lanes(request):
+    for lane in await _lanes(request, name):
         count += await _redis(calls.store.dead_count(lane))
         if len(letters) < limit:
             rows = await _redis(calls.store.dead_letters(lane, limit - len(letters)))
@@ -86,35 +123,60 @@ async def list_dead_letters(request: Request) -> Response:
     return JSONResponse({"count": count, "dead_letters": letters})
 
 
-async def _lanes(request: Request) -> list[str]:
-    """The lanes of the function named in the path (every lane, when none is), by function."""
-    name = request.path_params.get("name")
+@operation(
+    "GET",
+    "/system/dead-letters",
+    "Dead letters of every function of the mesh that has had an async call",
+    description="Async calls that exhausted their retries or their age.",
+    tag="async",
+    query=DeadLettersQuery,
+    replies={200: Reply("How many there are, and the first ones.", DeadLetters)},
+    errors=(503,),
+)
+async def list_dead_letters(request: Request, inputs: Inputs) -> Response:
+    return await _dead_letters(request, None, inputs.query.limit)
+
+
+@operation(
+    "GET",
+    "/system/dead-letters/{name}",
+    "One function's dead letters",
+    tag="async",
+    params={"name": FUNCTION_NAME},
+    query=DeadLettersQuery,
+    replies={200: Reply("How many there are, and the first ones.", DeadLetters)},
+    errors=(503,),
+)
+async def list_function_dead_letters(request: Request, inputs: Inputs) -> Response:
+    return await _dead_letters(request, inputs.path["name"], inputs.query.limit)
+
+
+async def _lanes(request: Request, name: str | None) -> list[str]:
+    """The lanes of function ``name`` (every lane, when None), by function."""
     lanes = await _redis(_calls(request).store.lanes())
     chosen = [lane for lane in lanes if name is None or layout.lane_function(lane) == name]
     return sorted(chosen, key=lambda lane: (layout.lane_function(lane), lane))
 
 
-async def redrive(request: Request) -> Response:
-    """
-    summary: "Put a function's dead letters (all, or those in body call_ids) back in its queue"
-    responses:
-      200: {description: '{"redriven": n}: each runs again with the retries the function has now.'}
-      400: {description: "A bad body."}
-    """
-    name = request.path_params["name"]
-    body = await json_object(request, optional=True)
-    unknown = set(body) - {"call_ids"}
-    if unknown:
-        raise BadRequest(f"body.{sorted(unknown)[0]}: unknown; expected call_ids")
-    ids = body.get("call_ids", [])
-    if not isinstance(ids, list) or not all(
-        isinstance(i, str) and JOB_ID.fullmatch(i) for i in ids
-    ):
-        raise BadRequest("body.call_ids: expected a list of call ids")
+@operation(
+    "POST",
+    "/system/dead-letters/{name}/redrive",
+    "Put a function's dead letters (all, or those in call_ids) back in its queue",
+    description="Each runs again with the retries the function has now.",
+    tag="async",
+    params={"name": FUNCTION_NAME},
+    body=Redrive,
+    body_optional=True,
+    replies={200: Reply("How many went back.", Redriven)},
+    errors=(503,),
+)
+async def redrive(request: Request, inputs: Inputs) -> Response:
+    name = inputs.path["name"]
+    ids = inputs.body.call_ids if inputs.body is not None and inputs.body.call_ids else []
     pool = node_of(request).supervisor.pools.get(name)
     retries = pool.spec.async_policy.retries if pool is not None else defaults.ASYNC_RETRIES
     count = 0
-    for lane in await _lanes(request):
+    for lane in await _lanes(request, name):
         count += await _redis(_calls(request).store.redrive(lane, retries, ids))
     return JSONResponse({"redriven": count})
 
@@ -178,13 +240,6 @@ def _letter(function: str, row: dict[str, bytes]) -> dict[str, Any]:
     }
 
 
-def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LISTED:
-        raise BadRequest(f"?limit: expected 1 to {MAX_LISTED}, got {raw[:20]!r}")
-    return int(raw)
-
-
 async def _redis(awaitable: Any) -> Any:
     try:
         return await awaitable
@@ -192,11 +247,10 @@ async def _redis(awaitable: Any) -> Any:
         raise Unavailable(f"the mesh's Redis is unreachable ({exc})") from None
 
 
-def routes() -> list[Route]:
-    return [
-        Route("/system/calls/{call_id}", admin(get_call), methods=["GET"]),
-        Route("/async-function/{call_id}", admin(cancel_call), methods=["DELETE"]),
-        Route("/system/dead-letters", admin(list_dead_letters), methods=["GET"]),
-        Route("/system/dead-letters/{name}", admin(list_dead_letters), methods=["GET"]),
-        Route("/system/dead-letters/{name}/redrive", admin(redrive), methods=["POST"]),
-    ]
+OPERATIONS: list[Operation] = [
+    get_call,
+    cancel_call,
+    list_dead_letters,
+    list_function_dead_letters,
+    redrive,
+]

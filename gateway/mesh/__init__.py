@@ -8,7 +8,8 @@
 - :mod:`~gateway.mesh.api` — the HTTP routes: bundles, deploy, rollback, nodes.
 
 May import :mod:`registry`, :mod:`runtime`, and the front door's errors, metrics and auth
-(only ``api`` reaches the node, through :mod:`gateway.endpoints`). Never records, jobs or the
-CLI. Used by :class:`gateway.node.Node`, the call path (:mod:`gateway.invoke`), records
-(who the cloud node is) and the CLI (``mesh up`` makes keys as the agent does).
+(only ``api`` reaches the node, through :mod:`gateway.endpoints` and
+:mod:`gateway.contract`). Never records, jobs or the CLI. Used by
+:class:`gateway.node.Node`, the call path (:mod:`gateway.invoke`), records (who the cloud
+node is) and the CLI (``mesh up`` makes keys as the agent does).
 """

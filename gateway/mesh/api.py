@@ -12,54 +12,86 @@ DELETE   /system/functions/{name}              admin: remove from the desired st
 POST     /system/functions/{name}/rollback     admin: ``{"to": version}`` (optional)
 GET      /system/nodes                         admin: the live nodes of the mesh
 =======  ====================================  ==============================================
+
+Each route is an :class:`~gateway.contract.Operation`: the declaration checks requests and
+writes ``/openapi.json``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, BeforeValidator, Field
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
 
-from gateway.auth import check_bearer
-from gateway.endpoints import admin, json_object, node_of, read_limited
-from gateway.errors import (
-    BadRequest,
-    Conflict,
-    MeshUnavailable,
-    NotFound,
-    Unauthorized,
-    Unprocessable,
+from gateway.contract import (
+    DIGEST,
+    FUNCTION_NAME,
+    Inputs,
+    Operation,
+    Param,
+    Reply,
+    RequestModel,
+    integral,
+    operation,
 )
+from gateway.endpoints import node_of
+from gateway.errors import Conflict, MeshUnavailable, NotFound, Unprocessable
 from gateway.mesh.agent import MeshAgent
 from registry.defaults import MAX_BUNDLE_BYTES
-from registry.errors import (
-    BundleError,
-    BundleRejected,
-    MeshAuthError,
-    MeshError,
-    MeshNotFound,
-)
-from registry.meshauth import verify_request
-from registry.store import check_digest
+from registry.errors import BundleError, BundleRejected, MeshError, MeshNotFound
 from registry.unpack import verify_bundle
 
 SIGNATURE_HEADER = "x-bundle-signature"
 KEY_HEADER = "x-bundle-key"
+BUNDLE_HEADERS = {
+    SIGNATURE_HEADER: Param("[A-Za-z0-9+/]{4,200}={0,2}", "a base64 Ed25519 signature"),
+    KEY_HEADER: Param("[0-9a-f]{8,64}", "a signing key id (hex)"),
+}
+
+
+class Stored(BaseModel):
+    digest: str
+    stored: bool
+
+
+class Deploy(RequestModel):
+    """Make the bundle ``digest`` (uploaded to this node) function ``name``'s version."""
+
+    name: Annotated[str, Field(pattern=f"^{FUNCTION_NAME.pattern}$")]
+    digest: Annotated[str, Field(pattern=f"^{DIGEST.pattern}$")]
+
+
+Version = Annotated[int, Field(ge=1), BeforeValidator(integral)]
+
+
+class Rollback(RequestModel):
+    """Deploy version ``to`` again (default: the version before the current one)."""
+
+    to: Version | None = None
+
+
+class Entry(BaseModel):
+    name: str
+    digest: str
+    version: int
+
+
+class Removed(BaseModel):
+    name: str
+    removed: bool
+
+
+class Nodes(BaseModel):
+    mesh: str
+    nodes: list[dict[str, Any]]
 
 
 def _agent(request: Request) -> MeshAgent:
     return node_of(request).mesh
-
-
-def _digest(request: Request) -> str:
-    try:
-        return check_digest(request.path_params["digest"])
-    except BundleRejected as exc:
-        raise BadRequest(str(exc)) from None
 
 
 async def _mesh_call(coro: Any) -> Any:
@@ -74,25 +106,20 @@ async def _mesh_call(coro: Any) -> Any:
         raise Conflict(str(exc)) from None
 
 
-async def get_bundle(request: Request) -> Response:
-    """
-    summary: A bundle this node holds, for a peer (mesh-key HMAC) or an admin
-    responses:
-      200: {description: "The bundle's bytes; X-Bundle-Signature and X-Bundle-Key headers."}
-      401: {description: "Neither a valid mesh signature nor the admin token."}
-      404: {description: "Not held here."}
-    """
+@operation(
+    "GET",
+    "/system/bundles/{digest}",
+    "A bundle this node holds, for a peer (mesh-key HMAC) or an admin (bearer token)",
+    auth="admin_or_mesh",
+    tag="mesh",
+    params={"digest": DIGEST},
+    replies={200: Reply("The bundle's bytes.", media="application/octet-stream",
+                        headers=(SIGNATURE_HEADER, KEY_HEADER))},
+    errors=(404,),
+)  # fmt: skip
+async def get_bundle(request: Request, inputs: Inputs) -> Response:
     agent = _agent(request)
-    if "authorization" in request.headers:
-        check_bearer(request, node_of(request).admin_token)
-    else:
-        try:
-            verify_request(
-                agent.mesh_key, request.method, request.url.path, request.headers, agent.name
-            )
-        except MeshAuthError as exc:
-            raise Unauthorized(str(exc)) from None
-    digest = _digest(request)
+    digest = inputs.path["digest"]
     if not agent.store.has(digest):
         raise NotFound(f"bundle {digest[:12]} is not held by node {agent.name}")
     meta = agent.store.meta(digest)
@@ -103,23 +130,24 @@ async def get_bundle(request: Request) -> Response:
     )
 
 
-async def put_bundle(request: Request) -> Response:
-    """
-    summary: Upload a signed bundle (verified before it is stored)
-    responses:
-      200: {description: "Already held."}
-      201: {description: "Verified and stored."}
-      400: {description: "Bad digest, or missing signature headers."}
-      413: {description: "Larger than the bundle limit."}
-      422: {description: "Refused: digest mismatch, untrusted or bad signature, unsafe archive."}
-    """
+@operation(
+    "PUT",
+    "/system/bundles/{digest}",
+    "Upload a signed bundle (verified before it is stored)",
+    tag="mesh",
+    params={"digest": DIGEST},
+    headers=BUNDLE_HEADERS,
+    body="binary",
+    max_body_bytes=MAX_BUNDLE_BYTES,
+    replies={200: Reply("Already held (and what was sent checks out).", Stored),
+             201: Reply("Verified and stored.", Stored)},
+    errors=(422, 503),
+)  # fmt: skip
+async def put_bundle(request: Request, inputs: Inputs) -> Response:
     agent = _agent(request)
-    digest = _digest(request)
-    signature = request.headers.get(SIGNATURE_HEADER, "")
-    key_id = request.headers.get(KEY_HEADER, "")
-    if not signature or not key_id:
-        raise BadRequest("upload a bundle with its X-Bundle-Signature and X-Bundle-Key headers")
-    data = await read_limited(request, MAX_BUNDLE_BYTES, "bundle")
+    digest = inputs.path["digest"]
+    signature, key_id = request.headers[SIGNATURE_HEADER], request.headers[KEY_HEADER]
+    data: bytes = inputs.body
     held = agent.store.has(digest)
     try:
         if held:  # still check what the uploader sent: it must learn if its bytes are bad
@@ -132,23 +160,19 @@ async def put_bundle(request: Request) -> Response:
     return JSONResponse({"digest": digest, "stored": not held}, status_code=200 if held else 201)
 
 
-async def deploy_function(request: Request) -> Response:
-    """
-    summary: Make a held bundle the mesh's desired version of its function
-    description: 'Body {"name", "digest"}. The bundle must have been uploaded to this node.'
-    responses:
-      200: {description: "The desired entry: name, digest, version."}
-      404: {description: "This node does not hold the bundle."}
-      409: {description: "A trigger path of the function belongs to another function."}
-      503: {description: "The mesh's Redis is unreachable."}
-    """
+@operation(
+    "POST",
+    "/system/functions",
+    "Make a held bundle the mesh's desired version of its function",
+    description="The bundle must have been uploaded to this node (PUT /system/bundles/…).",
+    tag="mesh",
+    body=Deploy,
+    replies={200: Reply("The desired entry.", Entry)},
+    errors=(404, 409, 422, 503),
+)
+async def deploy_function(request: Request, inputs: Inputs) -> Response:
     agent = _agent(request)
-    body = await json_object(request)
-    name, digest = _text(body, "name"), _text(body, "digest")
-    try:
-        check_digest(digest)
-    except BundleRejected as exc:
-        raise BadRequest(f"body.digest: {exc}") from None
+    name, digest = inputs.body.name, inputs.body.digest
     if not agent.store.has(digest):
         raise NotFound(
             f"bundle {digest[:12]} is not held by node {agent.name}: upload it first "
@@ -159,7 +183,7 @@ async def deploy_function(request: Request) -> Response:
     except (BundleRejected, BundleError) as exc:
         raise Unprocessable(str(exc)) from None
     if spec.name != name:
-        raise BadRequest(f"body.name: bundle {digest[:12]} holds function {spec.name!r}")
+        raise Unprocessable(f"body.name: bundle {digest[:12]} holds function {spec.name!r}")
     meta = agent.store.meta(digest)
     triggers = [t.path for t in spec.triggers]
     entry = await _mesh_call(
@@ -168,42 +192,49 @@ async def deploy_function(request: Request) -> Response:
     return JSONResponse({"name": entry.name, "digest": entry.digest, "version": entry.version})
 
 
-async def remove_function(request: Request) -> Response:
-    """
-    summary: Remove a function from the mesh (its history is kept for rollback)
-    responses:
-      200: {description: "Removed."}
-      404: {description: "Not deployed."}
-    """
-    name = request.path_params["name"]
+@operation(
+    "DELETE",
+    "/system/functions/{name}",
+    "Remove a function from the mesh (its history is kept for rollback)",
+    tag="mesh",
+    params={"name": FUNCTION_NAME},
+    replies={200: Reply("Removed.", Removed)},
+    errors=(404, 503),
+)
+async def remove_function(request: Request, inputs: Inputs) -> Response:
+    name = inputs.path["name"]
     if not await _mesh_call(_agent(request).desired_state().remove(name)):
         raise NotFound(f"function {name!r} is not deployed to this mesh")
     return JSONResponse({"name": name, "removed": True})
 
 
-async def rollback_function(request: Request) -> Response:
-    """
-    summary: Deploy an earlier version again
-    description: 'Body {"to": version}, optional: by default the version before the current one.'
-    responses:
-      200: {description: "The new desired entry."}
-      409: {description: "No such version."}
-    """
-    name = request.path_params["name"]
-    body = await json_object(request, optional=True)
-    target = body.get("to")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, int)):
-        raise BadRequest(f"body.to: expected a version number, got {target!r}")
-    entry = await _mesh_call(_agent(request).desired_state().rollback(name, target))
+@operation(
+    "POST",
+    "/system/functions/{name}/rollback",
+    "Deploy an earlier version again",
+    description='Body {"to": version}, optional: by default the version before the current one.',
+    tag="mesh",
+    params={"name": FUNCTION_NAME},
+    body=Rollback,
+    body_optional=True,
+    replies={200: Reply("The new desired entry.", Entry)},
+    errors=(404, 409, 503),
+)
+async def rollback_function(request: Request, inputs: Inputs) -> Response:
+    target = inputs.body.to if inputs.body is not None else None
+    entry = await _mesh_call(_agent(request).desired_state().rollback(inputs.path["name"], target))
     return JSONResponse({"name": entry.name, "digest": entry.digest, "version": entry.version})
 
 
-async def list_nodes(request: Request) -> Response:
-    """
-    summary: The live nodes of the mesh, their functions, digests and load
-    responses:
-      200: {description: "Nodes; when Redis is unreachable, only this node, marked degraded."}
-    """
+@operation(
+    "GET",
+    "/system/nodes",
+    "The live nodes of the mesh, their functions, digests, load and sandboxes",
+    tag="mesh",
+    replies={200: Reply("Nodes; when Redis is unreachable, only this node, marked degraded.",
+                        Nodes)},
+)  # fmt: skip
+async def list_nodes(request: Request, inputs: Inputs) -> Response:
     node = node_of(request)
     try:
         records = await node.mesh.live_nodes()
@@ -212,19 +243,11 @@ async def list_nodes(request: Request) -> Response:
         return JSONResponse({"mesh": f"unreachable: {exc}", "nodes": [node.record()]})
 
 
-def _text(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"body.{key}: expected a non-empty string")
-    return value
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/system/bundles/{digest}", get_bundle, methods=["GET", "HEAD"]),
-        Route("/system/bundles/{digest}", admin(put_bundle), methods=["PUT"]),
-        Route("/system/functions", admin(deploy_function), methods=["POST"]),
-        Route("/system/functions/{name}", admin(remove_function), methods=["DELETE"]),
-        Route("/system/functions/{name}/rollback", admin(rollback_function), methods=["POST"]),
-        Route("/system/nodes", admin(list_nodes), methods=["GET"]),
-    ]
+OPERATIONS: list[Operation] = [
+    get_bundle,
+    put_bundle,
+    deploy_function,
+    remove_function,
+    rollback_function,
+    list_nodes,
+]

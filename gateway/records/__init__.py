@@ -8,7 +8,7 @@
 - :mod:`~gateway.records.api` — the HTTP routes (receive a batch, list, status).
 
 May import :mod:`registry`, the front door's errors and :mod:`gateway.mesh.peers` (who the
-cloud node is); ``api`` also :mod:`gateway.endpoints`. Never jobs or the CLI. Used by
-:class:`gateway.node.Node`, the call path and asynchronous calls (they write records), and
-the app (routes).
+cloud node is); ``api`` also :mod:`gateway.endpoints` and :mod:`gateway.contract`. Never
+jobs or the CLI. Used by :class:`gateway.node.Node`, the call path and asynchronous calls
+(they write records), and the app (routes).
 """

@@ -9,26 +9,62 @@ GET      /system/records           admin, on the cloud node: ``?function=&node=&
                                    &limit=``, in arrival order
 GET      /system/records/status    admin, any node: waiting, shipped, dropped
 =======  ========================  ==========================================================
+
+Each route is an :class:`~gateway.contract.Operation` (it checks requests and writes
+``/openapi.json``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from gateway.endpoints import admin, node_of, read_limited
-from gateway.errors import BadRequest, NotFound, Unauthorized
+from gateway.contract import Inputs, Operation, QueryModel, Reply, operation
+from gateway.endpoints import node_of
+from gateway.errors import NotFound, Unauthorized
 from gateway.records.buffer import check_batch
 from gateway.records.store import MAX_LIMIT, RecordStore
 from registry.errors import MeshAuthError
-from registry.meshauth import NONCE_HEADER, verify_request
+from registry.meshauth import NONCE_HEADER
 
 MAX_BATCH_BYTES = 2 * 1024 * 1024
 MAX_NUMBER = 2**63 - 1  # SQLite's largest integer
+
+
+class RecordBatch(BaseModel):
+    """A node's call records: ``node`` is the signing node, and every record is its own."""
+
+    node: str
+    records: list[dict[str, Any]]
+
+
+class Received(BaseModel):
+    received: int
+    stored: int
+
+
+class RecordsQuery(QueryModel):
+    function: Annotated[str, Field(max_length=200)] = ""
+    node: Annotated[str, Field(max_length=200)] = ""
+    since: Annotated[float, Field(ge=0, le=MAX_NUMBER, allow_inf_nan=False)] | None = None
+    after: Annotated[int, Field(ge=0, le=MAX_NUMBER)] = 0
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 1000
+
+
+class Records(BaseModel):
+    records: list[dict[str, Any]]
+    next: int
+
+
+class RecordsStatus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    node: str
+    role: str
+    quota: int
 
 
 def _store(request: Request) -> RecordStore:
@@ -42,102 +78,67 @@ def _store(request: Request) -> RecordStore:
     return store
 
 
-async def receive_records(request: Request) -> Response:
-    """
-    summary: Store a batch of another node's call records (on a --role cloud node)
-    description: 'Body {"node": NAME, "records": [...]}, signed with the mesh key. A record
-      already held (same node and call id) is not stored again.'
-    responses:
-      200: {description: "Stored: how many were new."}
-      400: {description: "Not a batch of records (the message names the bad field)."}
-      401: {description: "Not signed with this mesh's key for this node."}
-      404: {description: "This node is not the cloud node."}
-      413: {description: "Larger than the batch limit."}
-    """
+@operation(
+    "POST",
+    "/system/records",
+    "Store a batch of another node's call records (on a --role cloud node)",
+    description="Signed with the mesh key, body and nonce included. A record already held "
+    "(same node and call id) is not stored again.",
+    auth="mesh",
+    tag="records",
+    body=RecordBatch,
+    raw_body=True,
+    max_body_bytes=MAX_BATCH_BYTES,
+    replies={200: Reply("Stored: how many were new.", Received)},
+    errors=(400, 404),
+)
+async def receive_records(request: Request, inputs: Inputs) -> Response:
     store = _store(request)
-    body = await read_limited(request, MAX_BATCH_BYTES, "a batch")
-    sender = _verify(request, body)
-    records = check_batch(body, sender)
+    node = node_of(request)
+    try:
+        node.recorder.nonces.check(request.headers.get(NONCE_HEADER, ""))
+    except MeshAuthError as exc:
+        raise Unauthorized(f"records refused: {exc}") from None
+    records = check_batch(inputs.body, request.state.mesh_sender)
     new = await asyncio.to_thread(store.add, records)
     return JSONResponse({"received": len(records), "stored": new})
 
 
-async def list_records(request: Request) -> Response:
-    """
-    summary: Call records of the whole mesh, in arrival order (on a --role cloud node)
-    description: 'Filters: function, node, since (Unix time), after (a seq: the next page),
-      limit (at most 10000, default 1000).'
-    responses:
-      200: {description: '{"records": [...], "next": SEQ} (next: pass as after)'}
-      400: {description: "A bad filter."}
-      404: {description: "This node is not the cloud node."}
-    """
+@operation(
+    "GET",
+    "/system/records",
+    "Call records of the whole mesh, in arrival order (on a --role cloud node)",
+    description="Filters: function, node, since (Unix time), after (a seq: the next page), "
+    f"limit (at most {MAX_LIMIT}).",
+    tag="records",
+    query=RecordsQuery,
+    replies={200: Reply('The records and "next" (pass it as after for the next page).', Records)},
+    errors=(404,),
+)
+async def list_records(request: Request, inputs: Inputs) -> Response:
     store = _store(request)
-    query = request.query_params
-    unknown = sorted(set(query) - {"function", "node", "since", "after", "limit"})
-    if unknown:
-        raise BadRequest(f"?{unknown[0]}: unknown; filter by function, node, since, after, limit")
-    since = _time(query["since"], "since") if "since" in query else None
-    after = _whole(query.get("after", "0"), "after")
-    limit = _whole(query.get("limit", "1000"), "limit")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise BadRequest(f"?limit: expected 1 to {MAX_LIMIT}, got {limit}")
+    query: RecordsQuery = inputs.query
     records = await asyncio.to_thread(
         store.query,
-        function=query.get("function", ""),
-        node=query.get("node", ""),
-        since=since,
-        after=after,
-        limit=limit,
+        function=query.function,
+        node=query.node,
+        since=query.since,
+        after=query.after,
+        limit=query.limit,
     )
-    return JSONResponse({"records": records, "next": records[-1]["seq"] if records else after})
+    last = records[-1]["seq"] if records else query.after
+    return JSONResponse({"records": records, "next": last})
 
 
-async def records_status(request: Request) -> Response:
-    """
-    summary: This node's call records - waiting, shipped to the cloud, dropped over the quota
-    responses:
-      200: {description: "Counts, the quota, the cloud node and the last error."}
-    """
+@operation(
+    "GET",
+    "/system/records/status",
+    "This node's call records: waiting, shipped to the cloud, dropped over the quota",
+    tag="records",
+    replies={200: Reply("Counts, the quota, the cloud node and the last error.", RecordsStatus)},
+)
+async def records_status(request: Request, inputs: Inputs) -> Response:
     return JSONResponse(await node_of(request).recorder.status())
 
 
-def _verify(request: Request, body: bytes) -> str:
-    node = node_of(request)
-    try:
-        sender = verify_request(
-            node.mesh.mesh_key,
-            request.method,
-            request.url.path,
-            request.headers,
-            node.name,
-            body=body,
-        )
-        node.recorder.nonces.check(request.headers[NONCE_HEADER])
-    except MeshAuthError as exc:
-        raise Unauthorized(f"records refused: {exc}") from None
-    return sender
-
-
-def _whole(value: str, name: str) -> int:
-    if value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= MAX_NUMBER:
-        return int(value)
-    raise BadRequest(f"?{name}: expected a whole number from 0 to {MAX_NUMBER}, got {value!r:.40}")
-
-
-def _time(value: str, name: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not 0 <= number <= MAX_NUMBER:  # also refuses nan
-        raise BadRequest(f"?{name}: expected a Unix time ≥ 0, got {value!r:.40}")
-    return number
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/system/records", receive_records, methods=["POST"]),
-        Route("/system/records", admin(list_records), methods=["GET"]),
-        Route("/system/records/status", admin(records_status), methods=["GET"]),
-    ]
+OPERATIONS: list[Operation] = [receive_records, list_records, records_status]

@@ -23,7 +23,7 @@ from gateway.contract import (
     operation,
 )
 from gateway.endpoints import node_of
-from gateway.errors import NotFound, Unprocessable
+from gateway.errors import Invalid, NotFound
 from gateway.node import Node
 from runtime.pool import WarmPool
 
@@ -155,11 +155,11 @@ async def scale_function(request: Request, inputs: Inputs) -> Response:
     pool = _pool(request, inputs.path["name"])
     given: Replicas | Bounds = inputs.body
     if given.serviceName is not None and given.serviceName != pool.name:
-        raise Unprocessable(f"body.serviceName: {given.serviceName!r} does not match {pool.name!r}")
+        raise Invalid(f"body.serviceName: {given.serviceName!r} does not match {pool.name!r}")
     if isinstance(given, Replicas):
         pool.scale(given.replicas, given.replicas or pool.max, exact=True)
     elif given.max < given.min:
-        raise Unprocessable(f"body.max: expected an integer ≥ min ({given.min}), got {given.max}")
+        raise Invalid(f"body.max: expected an integer ≥ min ({given.min}), got {given.max}")
     else:
         pool.scale(given.min, given.max)
     return JSONResponse(

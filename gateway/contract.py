@@ -136,7 +136,7 @@ ERROR_DESCRIPTIONS = {
     404: "Not found here.",
     409: "In conflict with the mesh's state.",
     413: "A body larger than the route's limit.",
-    422: "A bundle that fails verification or holds an unsafe archive.",
+    422: "Fits the schema but not a rule it cannot say, or a bundle that fails verification.",
     503: "The mesh's Redis is unreachable, or the function cannot serve now.",
 }
 
@@ -224,7 +224,19 @@ async def _check_body(op: Operation, request: Request) -> Any:
     try:
         return model.model_validate(document)
     except ValidationError as exc:
-        raise BadRequest(_first_error(exc, "body.")) from None
+        raise BadRequest(_first_error(exc, "body.") + _shapes(op.body)) from None
+
+
+def _shapes(body: Any) -> str:
+    """For a union body, the shapes it takes: ``(the body takes {replicas} or {min, max})``."""
+    members = typing.get_args(body)
+    if not members:
+        return ""
+    shapes = [
+        "{" + ", ".join(n for n, f in m.model_fields.items() if f.is_required()) + "}"
+        for m in members
+    ]
+    return f" (the body takes {' or '.join(shapes)})"
 
 
 def _member_for(body: Any, document: dict[str, Any]) -> type[BaseModel]:
@@ -257,7 +269,9 @@ async def read_limited(request: Request, limit: int, what: str) -> bytes:
 
 
 def _first_error(exc: ValidationError, prefix: str) -> str:
-    error = exc.errors(include_url=False)[0]
+    """The most useful error first: an unknown key, then the rest in pydantic's order."""
+    errors = exc.errors(include_url=False)
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     where = ".".join(str(part) for part in error["loc"]) or "(the whole)"
     got = error.get("input")
     if error["type"] == "missing":

@@ -59,6 +59,11 @@ class UnsupportedMediaType(GatewayError, status=415, code="unsupported_media_typ
     """A body of a type the route does not take."""
 
 
+class Invalid(GatewayError, status=422, code="invalid"):
+    """A request that fits the schema but not a rule the schema cannot say (max ≥ min, the
+    name a bundle holds); the message names the field."""
+
+
 class Unprocessable(GatewayError, status=422, code="bundle_rejected"):
     """A bundle that fails verification or holds an unsafe archive."""
 

@@ -227,7 +227,11 @@ def _call_operation(
     }
     if method not in ("GET", "HEAD", "OPTIONS", "DELETE"):
         body = {"schema": {"type": "string", "format": "binary"}}
-        entry["requestBody"] = {"required": False, "content": {"*/*": body}}
+        entry["requestBody"] = {
+            "required": False,
+            "description": "Passed through to the function as bytes, whatever its type.",
+            "content": {"application/octet-stream": body},
+        }
     return entry
 
 

@@ -32,6 +32,7 @@ from runtime.zygote_link import ZygoteEvent, ZygoteLink
 log = logging.getLogger("edgefaas.runtime")
 
 _LIVE = (WorkerPhase.STARTING, WorkerPhase.SERVING)
+SPAWN_PAUSE_S = 1.0  # after a fork failed
 
 
 class PoolObserver(Protocol):
@@ -78,6 +79,7 @@ class WorkerSet:
         self.slot_freed = asyncio.Event()  # set when a worker comes free (or starts)
         self._by_pid: dict[int, WorkerLink] = {}
         self._tokens = 0
+        self._no_spawn_until = 0.0  # after a failed fork: no more for SPAWN_PAUSE_S
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -102,6 +104,8 @@ class WorkerSet:
 
     def can_spawn(self) -> bool:
         zygote = self.pool.zygote
+        if time.monotonic() < self._no_spawn_until:
+            return False
         return self.pool.state is PoolState.RUNNING and zygote is not None and zygote.alive
 
     # ---------------------------------------------------------------- spawning
@@ -286,10 +290,27 @@ class WorkerSet:
             else:
                 link.pid = link.pid or int(event["pid"])
                 self._by_pid[link.pid] = link
+        elif kind == "spawn_failed":
+            self._on_spawn_failed(int(event["token"]), str(event["message"]))
         elif kind == "exited":
             link = self._by_pid.pop(int(event["pid"]), None)
             if link is not None and not link.exit_status.done():
                 link.exit_status.set_result(int(event["status"]))
+
+    def _on_spawn_failed(self, token: int, message: str) -> None:
+        """The zygote could not fork (its process cap, most likely): the workers there serve
+        on, and no fork is tried for a while — a full cap is no reason to stop the pool."""
+        self._no_spawn_until = time.monotonic() + SPAWN_PAUSE_S
+        log.warning(
+            "function %s: no more workers for now (%s; sandbox.pids is %d)",
+            self.name,
+            message,
+            self.spec.sandbox.pids,
+        )
+        link = self.links.get(token)
+        if link is not None:  # its socket closes: on_worker_lost follows, as for any loss
+            link.failure_reported = True
+            link.close()
 
     def _on_sandboxed_spawn(self, link: WorkerLink, inner_pid: int, pidfd: int) -> None:
         """A worker forked inside a sandbox: ``inner_pid`` is its pid there (the zygote's

@@ -13,7 +13,9 @@ zygote → gateway
     ``{"event": "load_failed", "message": str, "trace": str}``;
     ``{"event": "spawned", "token": n, "pid": p}`` (in a sandbox, with a pidfd of the worker
     attached: ``p`` is its pid in the sandbox's namespace, the pidfd tells the node its
-    own); ``{"event": "exited", "pid": p, "status": wait_status}`` for every worker that ends.
+    own); ``{"event": "spawn_failed", "token": n, "message": str}`` when a fork fails (the
+    process cap); ``{"event": "exited", "pid": p, "status": wait_status}`` for every worker that
+    ends.
 
 With a sandbox plan, the zygote first builds its sandbox around itself
 (:func:`runtime.sandbox.steps.enter`): the process the gateway started stays outside as its
@@ -133,7 +135,13 @@ class Zygote:
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # the process cap (sandbox.pids), or the machine's
+            os.close(fd)
+            reason = f"fork failed: {exc.strerror or exc}"
+            self.send({"event": "spawn_failed", "token": token, "message": reason})
+            return
         if pid == 0:
             self._become_worker()
             by_cgroup = self.plan is not None and self.plan.await_start

@@ -39,7 +39,7 @@ from gateway.contract import (
     operation,
 )
 from gateway.endpoints import node_of
-from gateway.errors import Conflict, MeshUnavailable, NotFound, Unprocessable
+from gateway.errors import Conflict, Invalid, MeshUnavailable, NotFound, Unprocessable
 from gateway.mesh.agent import MeshAgent
 from registry.defaults import MAX_BUNDLE_BYTES
 from registry.errors import BundleError, BundleRejected, MeshError, MeshNotFound
@@ -183,7 +183,7 @@ async def deploy_function(request: Request, inputs: Inputs) -> Response:
     except (BundleRejected, BundleError) as exc:
         raise Unprocessable(str(exc)) from None
     if spec.name != name:
-        raise Unprocessable(f"body.name: bundle {digest[:12]} holds function {spec.name!r}")
+        raise Invalid(f"body.name: bundle {digest[:12]} holds function {spec.name!r}")
     meta = agent.store.meta(digest)
     triggers = [t.path for t in spec.triggers]
     entry = await _mesh_call(

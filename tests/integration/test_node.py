@@ -288,24 +288,26 @@ def test_admin_api_needs_the_token_and_lists_pools(basic_node: NodeProcess) -> N
 
 
 def test_scale_refuses_bad_bodies_with_messages(basic_node: NodeProcess) -> None:
-    cases: list[tuple[bytes, str]] = [
-        (b"not json", "not valid JSON"),
-        (b"[3]", "expected a JSON object"),
-        (b'{"replicas": -1}', "body.replicas"),
-        (b'{"replicas": "3"}', "body.replicas"),
-        (b'{"replicas": true}', "body.replicas"),
-        (b'{"replicas": 1001}', "body.replicas"),
-        (b'{"min": 2, "max": 1}', "body.max"),
-        (b'{"min": 0, "max": 0}', "body.max"),
-        (b'{"min": 1}', "min and max"),
-        (b'{"replicas": 1, "max": 2}', "not both"),
-        (b'{"workers": 2}', "'workers'"),
-        (b'{"replicas": 2, "serviceName": "other"}', "body.serviceName"),
+    takes = "the body takes {replicas} or {min, max}"
+    cases: list[tuple[bytes, str, int]] = [
+        (b"not json", "not valid JSON", 400),
+        (b"[3]", "expected a JSON object", 400),
+        (b'{"replicas": -1}', "body.replicas", 400),
+        (b'{"replicas": "3"}', "body.replicas", 400),
+        (b'{"replicas": true}', "body.replicas", 400),
+        (b'{"replicas": 1001}', "body.replicas", 400),
+        (b'{"min": 2, "max": 1}', "body.max: expected an integer ≥ min (2), got 1", 422),
+        (b'{"min": 0, "max": 0}', "body.max", 400),
+        (b'{"min": 1}', f"body.max: required ({takes})", 400),
+        (b'{"replicas": 1, "max": 2}', f"body.max: unknown ({takes})", 400),
+        (b'{"workers": 2}', "body.workers: unknown", 400),
+        (b'{"replicas": 2, "serviceName": "other"}', "body.serviceName", 422),
     ]
     with basic_node.client(headers=basic_node.admin_headers()) as client:
-        for body, words in cases:
+        for body, words, status in cases:
             response = client.post("/system/scale-function/echo", content=body)
-            assert_error(response, 400, "bad_request", words)
+            code = "bad_request" if status == 400 else "invalid"
+            assert_error(response, status, code, words)
         unknown = client.post("/system/scale-function/nope", json={"replicas": 1})
     assert_error(unknown, 404, "not_found", "nope")
     state = pool(basic_node, "echo")

@@ -679,3 +679,33 @@ def test_python_packages_in_the_node_s_tmp_are_importable(
     response = httpx.get(f"{node.url}/function/mine", timeout=20)
     assert response.status_code == 200, response.text
     assert response.json() == {"file": str(package / "__init__.py"), "secret": False}
+
+
+def test_scaling_beyond_the_process_cap_keeps_the_pool_serving(boxed: NodeProcess) -> None:
+    """More workers than ``sandbox.pids`` allows (tight: 32): the forks beyond the cap fail
+    inside the function, and the zygote lives on (it used to die of the failed fork, and its
+    pool with it) while the workers it has go on serving."""
+    zygote = pool(boxed, "tight")["zygote_pid"]
+    scaled = httpx.post(
+        f"{boxed.url}/system/scale-function/tight",
+        json={"replicas": 60},
+        headers=boxed.admin_headers(),
+        timeout=10,
+    )
+    assert scaled.status_code == 202, scaled.text
+    try:
+        wait_for(lambda: "no more workers for now" in boxed.log(), 10, what="a refused fork")
+        time.sleep(1.5)  # a spawn pause, and more forks that fail
+        state = pool(boxed, "tight")
+        assert state["state"] == "running", state
+        assert state["zygote_pid"] == zygote, "the zygote died"
+        assert 2 <= state["workers"]["ready"] + state["workers"]["busy"] < 32, state
+        assert call(boxed, "tight", do="whoami").status_code == 200
+    finally:
+        httpx.post(
+            f"{boxed.url}/system/scale-function/tight",
+            json={"min": 2, "max": 2},
+            headers=boxed.admin_headers(),
+            timeout=10,
+        )
+        wait_for(lambda: len(pool(boxed, "tight")["worker_pids"]) == 2, 15, what="2 workers")

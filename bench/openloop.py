@@ -121,8 +121,9 @@ class OpenLoop:
         self.host, self.port = parts.hostname, parts.port
         self.max_connections = max_connections
         self.drain_s = drain_s
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.request = (
-            f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
 

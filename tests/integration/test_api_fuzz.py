@@ -84,32 +84,18 @@ def test_schemathesis_finds_nothing_wrong_with_the_api(
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
     st = Path(sys.executable).parent / "st"
+    command = [
+        str(st), "--config-file", str(config),
+        "run", f"{node.url}/openapi.json",
+        "--header", f"Authorization: Bearer {node.token}",
+        "--checks", "all",
+        "--phases", "examples,coverage,fuzzing,stateful",
+        "--request-timeout", "30",
+    ]  # fmt: skip
     result = subprocess.run(
-        [
-            str(st),
-            "--config-file",
-            str(config),
-            "run",
-            f"{node.url}/openapi.json",
-            "--header",
-            f"Authorization: Bearer {node.token}",
-            "--checks",
-            "all",
-            "--phases",
-            "examples,coverage,fuzzing,stateful",
-            "--request-timeout",
-            "30",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-        check=False,
+        command, capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False
     )
     report = result.stdout[-12000:] + result.stderr[-4000:]
     assert result.returncode == 0, report
-    assert (
-        "Tested:" in result.stdout
-        and " 0 failures" not in result.stdout.replace("No issues found", " 0 failures")
-        or "No issues found" in result.stdout
-    ), report
+    tested = re.search(r"Tested: (\d+)", result.stdout)
+    assert tested is not None and int(tested.group(1)) >= 45, report  # every operation ran

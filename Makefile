@@ -40,6 +40,7 @@ bench: $(VENV)/.test  # the vision benchmark builds its model with onnx (test ex
 	$(BIN)/python -m bench.asyncq
 	$(BIN)/python -m bench.vision
 	$(BIN)/python -m bench.sandbox
+	$(BIN)/python -m bench.overload
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+IDLE_S = 4.0  # a connection idle this long is not reused: servers close them at 5 s
 NO_ANSWER = 0  # the status of a call that got no HTTP answer (transport error, cut off)
 MAX_CALLS = 100_000
 
@@ -64,12 +65,16 @@ class Connections:
         self.limit = limit
         self.opened = 0
         self._open = 0
-        self._idle: list[Stream] = []
+        self._idle: list[tuple[Stream, float]] = []  # with when each went idle
         self._waiting: deque[asyncio.Future[Stream | None]] = deque()
 
     async def take(self) -> Stream:
-        if self._idle:
-            return self._idle.pop()
+        while self._idle:
+            stream, since = self._idle.pop()
+            if time.monotonic() - since < IDLE_S:
+                return stream
+            stream[1].close()  # the server may close it any moment now: not for a call
+            self._open -= 1
         if self._open < self.limit:
             self._open += 1
             self.opened += 1
@@ -95,7 +100,7 @@ class Connections:
                 waiter.set_result(stream if reusable else None)
                 return
         if reusable:
-            self._idle.append(stream)
+            self._idle.append((stream, time.monotonic()))
 
     async def warm(self, count: int) -> None:
         """Open ``count`` connections ahead of the schedule."""
@@ -104,7 +109,7 @@ class Connections:
             self.give_back(stream, True)
 
     def close(self) -> None:
-        for _, writer in self._idle:
+        for (_, writer), _ in self._idle:
             writer.close()
         self._idle.clear()
 

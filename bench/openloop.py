@@ -85,8 +85,8 @@ class Connections:
                 raise
         waiter: asyncio.Future[Stream | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
-        stream = await waiter
-        return stream if stream is not None else await self.take()
+        handed = await waiter
+        return handed if handed is not None else await self.take()
 
     def give_back(self, stream: Stream, reusable: bool) -> None:
         """Return a connection after a call; one that may not be reused is closed, and its
